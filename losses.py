@@ -247,6 +247,11 @@ def sparsemax_loss(logits, target, reduction="mean", ignore_index=-100):
 
 
 # ------------------------------------------------------------------------------------ binary forms
+def _softplus(x):
+    """log(1 + exp(x)) without F.softplus's switch to x above 20 (off by exp(-20), visible in float64)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
 def rooted_logit(x, k=2.0):
     """k * (1 + exp(-x))^(1/k) = k * exp(softplus(-x) / k), elementwise, for a positive label.
 
@@ -254,13 +259,13 @@ def rooted_logit(x, k=2.0):
     use rooted_logit(-x, k) for label -1. Continued linearly where exp would overflow (LOG_WEIGHT_CAP).
     """
     _check_positive("k", k)
-    t = F.softplus(-x.to(_compute_dtype(x.dtype))) / k
+    t = _softplus(-x.to(_compute_dtype(x.dtype))) / k
     return k * _capped_exp(t)[0]
 
 
 def logistic_logit(x):
     """log(1 + exp(-x)) = softplus(-x), the logistic loss of a logit x whose label is +1 (eq. 2)."""
-    return F.softplus(-x.to(_compute_dtype(x.dtype)))
+    return _softplus(-x.to(_compute_dtype(x.dtype)))
 
 
 def binary_loss(name, margins, k=3.0, reduction="mean"):
@@ -358,8 +363,8 @@ class KSchedule:
 
 # ---------------------------------------------------------------------------- chunked linear + loss
 def _row_chunks(num_rows, vocab, chunk_size):
-    if chunk_size is None:  # about 2^26 logits (256 MB in fp32) per chunk
-        chunk_size = (1 << 26) // max(vocab, 1)
+    if chunk_size is None:  # about 2^24 logits (64 MB in fp32) per chunk: big enough for fast GEMMs
+        chunk_size = (1 << 24) // max(vocab, 1)
     step = max(1, int(chunk_size))
     return [slice(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
 
@@ -436,9 +441,13 @@ class _LinearLossReduced(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        scaled = [g * grad_out.to(g.dtype) if g is not None else None for g in ctx.grads]
-        ctx.grads = None
-        return (*scaled, None, None, None, None, None)
+        grads, ctx.grads = ctx.grads, None
+        if torch.is_grad_enabled():
+            raise RuntimeError("linear_cross_loss does not support double backward (create_graph=True)")
+        for g in grads:  # the buffers are ours alone: scale in place rather than copy
+            if g is not None and not bool(grad_out == 1):
+                g.mul_(grad_out.to(g.dtype))
+        return (*grads, None, None, None, None, None)
 
 
 class _LinearLossPerItem(torch.autograd.Function):

@@ -111,8 +111,8 @@ def test_fused_equals_plain_autograd(name):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("ignore_index", [-100, 2])
 def test_ce_matches_torch(reduction, ignore_index):
-    x, t = _data(dtype=torch.float32)
-    t[7] = ignore_index
+    x, t = _data(dtype=torch.float32, ignore=())
+    t[[0, 5, 7]] = ignore_index
     x.requires_grad_(True)
     a = L.cross_entropy(x, t, reduction=reduction, ignore_index=ignore_index)
     b = F.cross_entropy(x, t, reduction=reduction, ignore_index=ignore_index)
@@ -317,3 +317,19 @@ def test_bad_call_arguments_raise():
                             loss="square")
     with pytest.raises(ValueError, match="out of range"):
         L.linear_cross_loss(torch.randn(3, 2), torch.randn(4, 2), torch.tensor([0, 1, 9]))
+
+
+def test_chunked_refuses_double_backward():
+    h = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, dtype=torch.float64)
+    loss = L.linear_cross_loss(h, w, torch.randint(0, 4, (5,)))
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss, h, create_graph=True)
+
+
+def test_default_chunking_covers_all_rows():
+    h = torch.randn(70, 4, dtype=torch.float64)
+    w = torch.randn(300000, 4, dtype=torch.float64) * 0.01  # 2^24 / 3e5 = 55 rows per chunk
+    t = torch.randint(0, 300000, (70,))
+    per = L.linear_cross_loss(h, w, t, reduction="none")
+    torch.testing.assert_close(per, L.cross_entropy(h @ w.t(), t, reduction="none"))
