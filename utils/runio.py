@@ -26,15 +26,27 @@ def git_commit():
     return sha + ("-dirty" if dirty else "")
 
 
+def _file_mode(path):
+    """The mode to give a rewritten `path`: its current mode, else 0666 less the umask (as open() does)."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write_bytes(path, data):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes 0600 files; keep the mode a plain write would give
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -54,10 +66,12 @@ def atomic_torch_save(obj, path):
     """torch.save to a temporary file in the same folder, then rename over `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
