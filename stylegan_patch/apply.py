@@ -160,8 +160,13 @@ def read_text(path):
         return f.read().decode("utf-8", errors="surrogateescape")
 
 
-def write_text(path, text):
+def write_text(path, text, mode_from=None):
+    """Atomic write that keeps the permission bits of `mode_from` (default: the file it replaces)."""
+    source = mode_from or path
+    mode = os.stat(source).st_mode & 0o7777 if os.path.exists(source) else None
     atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
+    if mode is not None:
+        os.chmod(path, mode)
 
 
 def apply(target, k, loss):
@@ -171,7 +176,7 @@ def apply(target, k, loss):
     patched = patch_text(original, k, loss)
     backup = target + BACKUP_SUFFIX
     if BEGIN not in text or not os.path.exists(backup):  # an unpatched file is the newest original
-        write_text(backup, original)
+        write_text(backup, original, mode_from=target)
     if patched == text:
         return f"{target} already patched (loss={loss}, k={k:g}); nothing to do"
     write_text(target, patched)
