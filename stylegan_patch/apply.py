@@ -58,9 +58,13 @@ def _rlo_gan_loss(x):
         return _rlo_torch.nn.functional.softplus(-x)
     if loss != "rlo":
         raise ValueError(f"RLO_LOSS must be 'rlo' or 'ce', got {{loss!r}}")
-    k = float(_rlo_os.environ.get("RLO_K", _RLO_DEFAULT_K))
+    raw = _rlo_os.environ.get("RLO_K", _RLO_DEFAULT_K)
+    try:
+        k = float(raw)
+    except ValueError:
+        k = float("nan")
     if not (k > 0 and k != float("inf")):
-        raise ValueError(f"RLO_K must be a finite number > 0, got {{k!r}}")
+        raise ValueError(f"RLO_K must be a finite number > 0, got {{raw!r}}")
     work = _rlo_torch.float64 if x.dtype == _rlo_torch.float64 else _rlo_torch.float32
     t = _rlo_torch.nn.functional.softplus(-x.to(work)) / k
     # exp(t) is continued linearly above the cap (same value and slope there), so no overflow

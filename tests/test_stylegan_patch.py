@@ -181,9 +181,10 @@ def test_ce_mode_is_upstream_softplus_and_bad_env_raises(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="RLO_LOSS"):
         helper(x)
     monkeypatch.setenv("RLO_LOSS", "rlo")
-    monkeypatch.setenv("RLO_K", "-1")
-    with pytest.raises(ValueError, match="RLO_K"):
-        helper(x)
+    for bad in ("-1", "two", "inf"):
+        monkeypatch.setenv("RLO_K", bad)
+        with pytest.raises(ValueError, match="RLO_K"):
+            helper(x)
 
 
 def test_patched_module_uses_the_right_signs(tmp_path, monkeypatch):
