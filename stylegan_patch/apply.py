@@ -17,6 +17,7 @@ variables are read on every call, so switching needs no further edit; --k / --lo
 used when they are unset. NVIDIA's file is never shipped: only the user's clone is edited.
 """
 import argparse
+import ast
 import os
 import re
 import sys
@@ -102,13 +103,17 @@ def _find_targets(lines):
 
 
 def _insert_at(lines):
-    """After the last top-level import that precedes the first top-level class/def."""
+    """Line index after the last top-level import that precedes the first top-level class/def."""
+    try:
+        body = ast.parse("".join(lines).lstrip("\ufeff")).body
+    except SyntaxError:
+        raise UsageError("loss.py is not valid Python; nothing was changed")
     where = 0
-    for i, line in enumerate(lines):
-        if re.match(r"(class|def)\s", line):
+    for node in body:
+        if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
             break
-        if re.match(r"(import|from)\s", line):
-            where = i + 1
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            where = node.end_lineno  # multi-line imports end here
     return where
 
 

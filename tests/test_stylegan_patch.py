@@ -92,6 +92,15 @@ def test_keeps_file_mode(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o755
 
 
+def test_helper_goes_after_a_multiline_import(tmp_path):
+    text = FIXTURE.replace("from collections import OrderedDict", "from collections import (OrderedDict,\n    deque)")
+    path = write_clone(tmp_path, text=text)
+    cli(tmp_path)
+    patched = path.read_text()
+    assert patched.index("    deque)\n") < patched.index(patcher.BEGIN) < patched.index("class TinyLoss")
+    load_module(path, "multiline_import")
+
+
 def test_reapply_updates_defaults(tmp_path):
     path = write_clone(tmp_path)
     original = path.read_bytes()
