@@ -150,7 +150,10 @@ def unpatch_text(text):
             continue
         code, expr = content.rsplit(TAG, 1)
         lines[i] = re.sub(r"_rlo_gan_loss\(-?\w+\)", lambda _: expr, code, count=1) + nl
-    return "".join(lines)
+    original = "".join(lines)
+    if "_rlo_gan_loss" in original:  # a patched line was edited by hand: do not guess
+        raise UsageError("a patched loss line was edited after patching; restore the backup by hand")
+    return original
 
 
 # ------------------------------------------------------------------------------------------- files

@@ -139,6 +139,16 @@ def test_refuses_missing_clone_and_unpatched_revert(tmp_path, capsys):
     assert "not patched" in capsys.readouterr().err
 
 
+def test_revert_refuses_a_hand_edited_patched_line(tmp_path):
+    path = write_clone(tmp_path)
+    cli(tmp_path)
+    edited = path.read_text().replace("_rlo_gan_loss(gen_logits)", "_rlo_gan_loss(gen_logits * 1)")
+    path.write_text(edited)
+    with pytest.raises(SystemExit) as exit_info:
+        cli(tmp_path, "--revert")
+    assert exit_info.value.code == 2 and path.read_text() == edited
+
+
 def test_script_runs_from_the_command_line(tmp_path):
     path = write_clone(tmp_path, text="import torch\n")
     proc = subprocess.run([sys.executable, os.path.join(REPO, "stylegan_patch", "apply.py"), str(tmp_path)],
