@@ -306,6 +306,9 @@ def conditioning(X, y, configs):
             _, _, h_lr = value_grad_hessian(lr_opt[lam], X, y, "lr", None, lam)
             out[name]["kappa_at_lr_opt"] = condition_number(h_rlo)
             out[name]["kappa_lr_at_lr_opt"] = condition_number(h_lr)
+            # Lemma 3.2's hypothesis, per row, at LR's optimum (App. A.1): k <= 1 + exp(-y w*.x)
+            margins = y * (X @ lr_opt[lam])
+            out[name]["lemma_hypothesis_frac"] = (k <= 1 + torch.exp(-margins)).double().mean().item()
     return out
 
 
