@@ -577,6 +577,19 @@ def kappa_verdicts(results, ks):
     return lines
 
 
+def hypothesis_line(results, ks):
+    """How often Lemma 3.2's per-row hypothesis k <= 1 + exp(-y w*.x) held at LR's optimum."""
+    parts = []
+    for lab, cond in _task_conds(results):
+        for tag in ("", "-L2"):
+            fracs = [cond.get(f"RLO{tag}-{k:g}", {}).get("lemma_hypothesis_frac") for k in (ks[0], ks[-1])]
+            if fracs[0] is not None:
+                parts.append(f"{lab}{' L2' if tag else ' λ=0'} {100 * fracs[0]:.1f}% (k={ks[0]:g}) / "
+                             f"{100 * fracs[1]:.1f}% (k={ks[-1]:g})")
+    return [f"- Lemma 3.2's hypothesis k <= 1 + exp(-y_i w*.x_i) (App. A.1) held, at LR's optimum, for this share "
+            "of rows: " + "; ".join(parts) + "."] if parts else []
+
+
 def write_report(path, results, args):
     ks = args.ks
     lines = ["# Table 7, Fig. 5, Lemma 3.3: logistic vs rooted logistic regression", "",
@@ -590,7 +603,7 @@ def write_report(path, results, args):
              "test rows.", "", "## Verdicts", ""]
     lines += accuracy_verdicts(results) + convergence_verdicts(results)
     if args.conditioning:
-        lines += kappa_verdicts(results, ks)
+        lines += kappa_verdicts(results, ks) + hypothesis_line(results, ks)
     lines += ["", "## Table 7 (top 3 k by mean test accuracy, the paper's protocol), ours beside the paper's", ""]
     lines += table7_lines(results)
     if args.inner_folds > 1:

@@ -187,6 +187,8 @@ def summarise(records, key):
 
 def _pm(values, scale=100.0, digits=2):
     v = scale * np.asarray(values, dtype=float)
+    if np.isnan(v).all():
+        return "-"
     return f"{np.nanmean(v):.{digits}f} ± {np.nanstd(v):.{digits}f}"
 
 
