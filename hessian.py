@@ -70,7 +70,7 @@ def train_target(ckpt, args):
                                         seed=args.seed)
     model = build_model(a["net"], _num_classes(info), a["size"], patch=a.get("patch", 4),
                         dimhead=a.get("dimhead", 512))
-    state = {k.removeprefix("module."): v for k, v in ckpt["model"].items()}
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in ckpt["model"].items()}
     model.load_state_dict(state)
     if len(train_set) > args.samples:
         train_set = torch.utils.data.Subset(train_set, range(args.samples))
