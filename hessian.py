@@ -224,7 +224,7 @@ def verdict_lines(records, base, rlo):
         if not total:
             continue
         status = "supported" if wins == total else ("not supported" if wins == 0 else
-                                                    f"mixed ({wins}/{total} pairs)")
+                                                    f"inconclusive at this scale ({wins}/{total} pairs)")
         lines.append(f"- **Fig. 3a / Lemma 3.3: the RLO solution's Hessian is better conditioned than CE's**, by "
                      f"{name}: {status} (paper: histogram only, no numbers). " + "; ".join(parts) + ".")
     return lines

@@ -517,10 +517,17 @@ def kappa_holds(results, ks, where):
 
 
 def _status(flags):
-    """'supported' if every flag is True, 'not supported' if none is, else 'partly supported'."""
-    if flags and all(flags):
+    """A claim about every dataset / k: 'supported' only if it held everywhere."""
+    return "supported" if flags and all(flags) else "not supported"
+
+
+def _paired_status(diffs):
+    """(mean, SE) per dataset -> 'supported' if every gain > 2 SE, 'not supported' if any loss < -2 SE."""
+    if all(d > 2 * se for d, se in diffs):
         return "supported"
-    return "not supported" if not any(flags) else "partly supported"
+    if any(d < -2 * se for d, se in diffs):
+        return "not supported"
+    return "inconclusive at this scale"
 
 
 def accuracy_verdicts(results):
@@ -534,15 +541,15 @@ def accuracy_verdicts(results):
             parts.append(f"{name} {ours_rlo:.2f} vs {ours_lr:.2f} (paper {paper[1]} vs {paper[0]})")
         lines.append(f"- **Table 7, {family} (best k picked on the test folds) beats {base} on every dataset**: "
                      f"{_status(flags)}. Best-k {family} vs {base}: " + "; ".join(parts) + ".")
-        parts, flags = [], []
+        parts, diffs = [], []
         for name, res in results.items():
             if res["nested"]:
                 d, se = paired(res["nested"][family]["acc"], _col(res, base))
-                flags.append(d > 2 * se)
+                diffs.append((d, se))
                 parts.append(f"{name} {d:+.2f} ± {se:.2f} points")
         if parts:
             lines.append(f"- **{family} beats {base} when k is chosen on inner folds (nested CV)**: "
-                         f"{_status(flags)} (counted as a win only where the gain exceeds 2 SE of the paired "
+                         f"{_paired_status(diffs)} (supported only if every gain exceeds 2 SE of the paired "
                          "fold differences; paper: not tested). " + "; ".join(parts) + ".")
     return lines
 

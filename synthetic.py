@@ -203,16 +203,22 @@ def verdict_lines(args, records):
                                          "to the boundary) are larger (paper Sec. 4.1, Fig. 6)", 1)):
         values = summarise(records, key)
         for opt in args.optimizers:
-            flags, parts = [], []
+            diffs, parts = [], []
             for depth in args.depths:
                 ce, rlo = np.asarray(values[(opt, depth, "ce")]), np.asarray(values[(opt, depth, args.rlo_loss)])
                 diff = scale * (rlo - ce)
                 se = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-                flags.append(diff.mean() > 2 * se if len(diff) > 1 else diff.mean() > 0)
+                diffs.append((diff.mean(), se if len(diff) > 1 else 0.0))
                 parts.append(f"{depth} layers {scale * rlo.mean():.3g} vs {scale * ce.mean():.3g} "
                              f"(diff {diff.mean():+.3g} ± {se:.2g} SE)")
-            status = "supported" if all(flags) else ("not supported" if not any(flags) else "partly supported")
-            lines.append(f"- **{claim}**, {opt}, RLO = `{args.rlo_loss}`: {status} (a win needs a gain > 2 SE over "
+            if all(d > 2 * se for d, se in diffs):
+                status = "supported"
+            elif any(d < -2 * se for d, se in diffs):
+                status = "not supported"
+            else:
+                status = "inconclusive at this scale"
+            lines.append(f"- **{claim}**, {opt}, RLO = `{args.rlo_loss}`: {status} (supported needs a gain > 2 SE in "
+                         f"every setting, not supported a loss > 2 SE in one; over "
                          f"{len(args.seeds)} seeds; paper gives figures only, no numbers). " + "; ".join(parts) + ".")
     return lines
 
