@@ -153,20 +153,24 @@ def plot_spectra(path, records, exact=False):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     settings = sorted({r["setting"] for r in records})
+    palette = {"ce": "tab:blue", "root": "tab:red", "root_paper": "tab:green"}
+    seeds = sorted({r["seed"] for r in records}, key=str)
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         runs = [r for r in records if r["setting"] == setting]
         for r in runs:
+            style = {"color": palette.get(r["loss"], "tab:purple"), "lw": 1.3,
+                     "linestyle": ["-", "--", ":", "-."][seeds.index(r["seed"]) % 4]}
             if exact:
                 values = np.asarray(r["exact"]["eigenvalues"])
-                ax.hist(values, bins=80, histtype="step", lw=1.5, label=f"{r['loss']} (s{r['seed']})")
+                ax.hist(values, bins=80, histtype="step", label=f"{r['loss']} (s{r['seed']})", **style)
             else:
                 nodes, weights = torch.tensor(r["slq_nodes"]), torch.tensor(r["slq_weights"])
                 span = (nodes.max() - nodes.min()).item() or 1.0
                 grid = torch.linspace(nodes.min().item() - 0.05 * span, nodes.max().item() + 0.05 * span, 600,
                                       dtype=nodes.dtype)
                 dens = hvp.density(nodes, weights, grid, sigma=0.01 * span)
-                ax.plot(grid.numpy(), dens.clamp_min(1e-8).numpy(), lw=1.5, label=f"{r['loss']} (s{r['seed']})")
+                ax.plot(grid.numpy(), dens.clamp_min(1e-8).numpy(), label=f"{r['loss']} (s{r['seed']})", **style)
         ax.set(yscale="log", title=f"{setting}: {'exact eigenvalues' if exact else 'SLQ density'}",
                xlabel="eigenvalue", ylabel="count" if exact else "density")
         ax.legend(fontsize=8)
