@@ -12,7 +12,7 @@ done; done; done
 for m in "${models[@]}"; do
     if [ ! -f "$m" ]; then
         python synthetic.py --depths 2 3 4 --losses ce root --optimizers adam --seeds 0 1 2 \
-            --out-dir runs/synthetic_fig3a --report /dev/null --fig-prefix ""
+            --out-dir runs/synthetic_fig3a --report runs/synthetic_fig3a/synthetic.md --fig-prefix ""
         models=("${models[@]/runs\/synthetic\//runs/synthetic_fig3a/}")
         break
     fi
