@@ -158,12 +158,15 @@ def plot_spectra(path, records, exact=False):
     fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4), squeeze=False)
     for ax, setting in zip(axes[0], settings):
         runs = [r for r in records if r["setting"] == setting]
+        if exact:  # shared bins so the histograms compare
+            every = np.concatenate([r["exact"]["eigenvalues"] for r in runs])
+            bins = np.linspace(every.min(), every.max(), 81)
         for r in runs:
             style = {"color": palette.get(r["loss"], "tab:purple"), "lw": 1.3,
                      "linestyle": ["-", "--", ":", "-."][seeds.index(r["seed"]) % 4]}
             if exact:
                 values = np.asarray(r["exact"]["eigenvalues"])
-                ax.hist(values, bins=80, histtype="step", label=f"{r['loss']} (s{r['seed']})", **style)
+                ax.hist(values, bins=bins, histtype="step", label=f"{r['loss']} (s{r['seed']})", **style)
             else:
                 nodes, weights = torch.tensor(r["slq_nodes"]), torch.tensor(r["slq_weights"])
                 span = (nodes.max() - nodes.min()).item() or 1.0
@@ -213,11 +216,12 @@ def verdict_lines(records, base, rlo):
     if not matched:
         return [f"- (no {base} vs {rlo} pairs among the checkpoints: no verdict)"]
     lines = []
-    for key, name in (("kappa_q50", "κ_q50 (SLQ)"), ("kappa_q10", "κ_q10 (SLQ)"), ("exact:kappa_pos", "exact κ_pos")):
+    for key, name in (("kappa_q50", "κ_q50 (SLQ)"), ("kappa_q10", "κ_q10 (SLQ)"), ("exact:kappa_pos", "exact κ_pos"),
+                      ("exact:kappa_q50", "exact κ_q50"), ("exact:kappa_q10", "exact κ_q10")):
         parts, wins, total = [], 0, 0
         for setting, plist in matched.items():
             def get(r):
-                return r.get("exact", {}).get("kappa_pos") if key.startswith("exact") else r[key]
+                return r.get("exact", {}).get(key[6:]) if key.startswith("exact:") else r[key]
             vals = [(get(b), get(r)) for b, r in plist if get(b) is not None and get(r) is not None]
             if not vals:
                 continue
