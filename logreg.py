@@ -455,7 +455,8 @@ def nested_lines(results):
 
 
 def convergence_lines(results):
-    lines = ["| Dataset | objective | iters to 1e-3 of final L | L(T)/L(0) | (L(T)-L*)/(L(0)-L*) |", "|---|---|---|---|---|"]
+    lines = ["| Dataset | objective | iters to 1e-3 of final L | L(T)/L(0) | (L(T)-L*)/(L(0)-L*) |",
+             "|---|---|---|---|---|"]
     for name, res in results.items():
         for obj, row in res["convergence"].items():
             lines.append(f"| {name} | {obj} | {row['iters_to_1e-3']} | {row['norm_final']:.4f} | "
