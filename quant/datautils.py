@@ -1,0 +1,139 @@
+"""Calibration windows and evaluation token streams for wikitext2, ptb and c4, following the GPTQ/QuIP
+protocol (text joined as that code joins it, random calibration windows, contiguous eval windows).
+
+Local layouts under --data-dir (those of ../shared/data), used whenever present; the HF hub is used only
+when a file is missing and HF_HUB_OFFLINE is not set:
+
+    wikitext-2-raw/wiki.test.raw   wikitext-2/{train,test}.txt   ptb/ptb.{train,test}.txt
+    c4/c4_validation_2k.jsonl
+"""
+import json
+import os
+import random
+
+import torch
+
+from utils.cli import UsageError
+
+LAYOUT = ("DATA_DIR/wikitext-2-raw/wiki.test.raw, DATA_DIR/wikitext-2/{train,test}.txt, "
+          "DATA_DIR/ptb/ptb.{train,test}.txt, DATA_DIR/c4/c4_validation_2k.jsonl")
+C4_EVAL_DOCS = 1100  # QuIP's c4 evaluation: the first 1100 validation documents, 256 windows
+
+
+def _path(data_dir, rel):
+    path = os.path.join(data_dir, rel)
+    return path if os.path.exists(path) else None
+
+
+def _missing(what, data_dir):
+    return UsageError(f"{what} not found under {data_dir}; expected the layout {LAYOUT} "
+                      "(or unset HF_HUB_OFFLINE to download)")
+
+
+def _offline():
+    return any(os.environ.get(v, "0") not in ("", "0")
+               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _hub(name, config, split, column, data_dir):
+    if _offline():
+        raise _missing(f"{name} {split}", data_dir)
+    import datasets
+    return datasets.load_dataset(name, config, split=split)[column]
+
+
+def _lines(path):
+    with open(path, encoding="utf-8") as f:
+        return f.readlines()
+
+
+def wikitext2_test_rows(data_dir):
+    """HF wikitext-2-raw-v1 test rows: '' at the blank lines of the tokenized test.txt, the raw lines
+    (which skip blanks, see that folder's PROVENANCE.md) in order everywhere else."""
+    raw, tok = _path(data_dir, "wikitext-2-raw/wiki.test.raw"), _path(data_dir, "wikitext-2/test.txt")
+    if raw is None or tok is None:
+        return _hub("wikitext", "wikitext-2-raw-v1", "test", "text", data_dir)
+    raw_lines = iter(_lines(raw))
+    rows = ["" if not line.strip() else next(raw_lines) for line in _lines(tok)]
+    if next(raw_lines, None) is not None:
+        raise UsageError(f"{raw} does not align with the non-blank lines of {tok}")
+    return rows
+
+
+def wikitext2_train_rows(data_dir):
+    # Offline there is no raw train split: the tokenized one (with <unk>, @-@) stands in.
+    path = _path(data_dir, "wikitext-2/train.txt")
+    if path is None:
+        return _hub("wikitext", "wikitext-2-raw-v1", "train", "text", data_dir)
+    return ["" if not line.strip() else line for line in _lines(path)]
+
+
+def ptb_rows(data_dir, split):
+    path = _path(data_dir, f"ptb/ptb.{split}.txt")
+    if path is None:
+        return _hub("ptb_text_only", "penn_treebank", split, "sentence", data_dir)
+    return [line.strip() for line in _lines(path)]
+
+
+def c4_docs(data_dir):
+    """The local C4 validation sample (2000 documents; not the reference shard, see PROVENANCE.md)."""
+    path = _path(data_dir, "c4/c4_validation_2k.jsonl")
+    if path is None:
+        raise _missing("c4 validation sample", data_dir)
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line in f if line.strip()]
+
+
+def eval_text(name, data_dir):
+    """The single string QuIP's code tokenizes for evaluation ('wikitext2', 'ptb-new', 'c4-new')."""
+    if name == "wikitext2":
+        return "\n\n".join(wikitext2_test_rows(data_dir))
+    if name == "ptb":
+        return " ".join(ptb_rows(data_dir, "test"))
+    if name == "c4":
+        return " ".join(c4_docs(data_dir)[:C4_EVAL_DOCS])
+    raise UsageError(f"unknown evaluation set {name!r}; choose from {sorted(EVAL_SETS)}")
+
+
+def eval_ids(name, text, tokenizer, seqlen):
+    """Token ids (1, N) of an evaluation text; c4 is cut to 256 windows as in QuIP's code."""
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    return ids[:, :256 * seqlen] if name == "c4" else ids
+
+
+def _random_windows(ids, nsamples, seqlen, rng):
+    if ids.shape[1] <= seqlen:
+        raise UsageError(f"calibration text has {ids.shape[1]} tokens, need more than --seqlen {seqlen}")
+    starts = [rng.randint(0, ids.shape[1] - seqlen - 1) for _ in range(nsamples)]
+    return [ids[:, i:i + seqlen] for i in starts]
+
+
+def calibration_windows(name, tokenizer, nsamples, seqlen, seed, data_dir):
+    """`nsamples` random windows of `seqlen` tokens from the calibration set, drawn with `seed`."""
+    rng = random.Random(seed)
+    if name == "wikitext2":
+        text = "\n\n".join(wikitext2_train_rows(data_dir))
+    elif name == "ptb":
+        text = "\n\n".join(ptb_rows(data_dir, "train"))
+    elif name == "c4":
+        return _c4_windows(c4_docs(data_dir)[C4_EVAL_DOCS:], tokenizer, nsamples, seqlen, rng)
+    else:
+        raise UsageError(f"unknown calibration set {name!r}; choose from {sorted(EVAL_SETS)}")
+    return _random_windows(tokenizer(text, return_tensors="pt").input_ids, nsamples, seqlen, rng)
+
+
+def _c4_windows(docs, tokenizer, nsamples, seqlen, rng):
+    """QuIP's c4 recipe: a random document long enough for a window, then a random window in it.
+    Offline the documents are the sample's last 900 (disjoint from the 1100 used for evaluation)."""
+    encoded = [tokenizer(doc, return_tensors="pt").input_ids for doc in docs]
+    long_docs = [ids for ids in encoded if ids.shape[1] > seqlen]
+    if not long_docs:
+        raise UsageError(f"no c4 calibration document is longer than --seqlen {seqlen}")
+    windows = []
+    for _ in range(nsamples):
+        ids = long_docs[rng.randrange(len(long_docs))]
+        windows.extend(_random_windows(ids, 1, seqlen, rng))
+    return windows
+
+
+EVAL_SETS = ("wikitext2", "ptb", "c4")
