@@ -75,6 +75,8 @@ def parse_args(argv=None, family="auto"):
     p.add_argument("--family", choices=["auto"] + list(FAMILIES), default=family,
                    help="model family (auto: from config.model_type)")
     p.add_argument("--batch", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--output-dir", type=str, default="", help="write config.json and results.json here")
     args = p.parse_args(argv)
     if args.incoh_processing:
@@ -110,6 +112,8 @@ def quant_config(args):
 
 def load_model(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
+    logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -138,17 +142,21 @@ def seqlen_of(model, args):
 
 def main(args):
     evals = check_args(args)
-    texts = {name: datautils.eval_text(name, args.data_dir) for name in evals}  # fail early if missing
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # read all text first, so missing data fails before any model is loaded
+    texts = {name: datautils.eval_text(name, args.data_dir) for name in evals}
+    quantizing = args.wbits < 16 and not args.load
+    calib = datautils.calibration_text(args.dataset, args.data_dir) if quantizing else None
     model, tokenizer = load_model(args.load or args.model)
     family = model_family(model, args.family)
     seqlen, results = seqlen_of(model, args), {}
     if args.load:
         cfg, records = saveload.read_codes(args.load)
         saveload.restore_weights(model, family, cfg, records)
-    elif args.wbits < 16:
+    elif quantizing:
         cfg, tick = quant_config(args), time.time()
-        windows = datautils.calibration_windows(args.dataset, tokenizer, args.nsamples, seqlen,
-                                                args.seed, args.data_dir)
+        windows = datautils.calibration_windows(calib, tokenizer, args.nsamples, seqlen, args.seed)
         records = quantize_model(model, family, windows, cfg, args.device, args.batch)
         results["quant_seconds"] = round(time.time() - tick, 1)
     if args.wbits < 16 or args.load:

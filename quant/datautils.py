@@ -108,17 +108,22 @@ def _random_windows(ids, nsamples, seqlen, rng):
     return [ids[:, i:i + seqlen] for i in starts]
 
 
-def calibration_windows(name, tokenizer, nsamples, seqlen, seed, data_dir):
-    """`nsamples` random windows of `seqlen` tokens from the calibration set, drawn with `seed`."""
-    rng = random.Random(seed)
+def calibration_text(name, data_dir):
+    """The calibration text as QuIP's code joins it (c4: a list of documents)."""
     if name == "wikitext2":
-        text = "\n\n".join(wikitext2_train_rows(data_dir))
-    elif name == "ptb":
-        text = "\n\n".join(ptb_rows(data_dir, "train"))
-    elif name == "c4":
-        return _c4_windows(c4_docs(data_dir)[C4_EVAL_DOCS:], tokenizer, nsamples, seqlen, rng)
-    else:
-        raise UsageError(f"unknown calibration set {name!r}; choose from {sorted(EVAL_SETS)}")
+        return "\n\n".join(wikitext2_train_rows(data_dir))
+    if name == "ptb":
+        return "\n\n".join(ptb_rows(data_dir, "train"))
+    if name == "c4":
+        return c4_docs(data_dir)[C4_EVAL_DOCS:]
+    raise UsageError(f"unknown calibration set {name!r}; choose from {sorted(EVAL_SETS)}")
+
+
+def calibration_windows(text, tokenizer, nsamples, seqlen, seed):
+    """`nsamples` random windows of `seqlen` tokens from `calibration_text(...)`, drawn with `seed`."""
+    rng = random.Random(seed)
+    if isinstance(text, list):
+        return _c4_windows(text, tokenizer, nsamples, seqlen, rng)
     return _random_windows(tokenizer(text, return_tensors="pt").input_ids, nsamples, seqlen, rng)
 
 
