@@ -78,6 +78,8 @@ def parse_args(argv=None, family="auto"):
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--output-dir", type=str, default="", help="write config.json and results.json here")
+    p.add_argument("--cache-dir", type=str, default="",
+                   help="reuse tokenized calibration/evaluation text across runs (keyed by text+tokenizer)")
     args = p.parse_args(argv)
     if args.incoh_processing:
         args.pre_gptqH = args.pre_rescale = args.pre_proj = True
@@ -156,7 +158,8 @@ def main(args):
         saveload.restore_weights(model, family, cfg, records)
     elif quantizing:
         cfg, tick = quant_config(args), time.time()
-        windows = datautils.calibration_windows(calib, tokenizer, args.nsamples, seqlen, args.seed)
+        windows = datautils.calibration_windows(calib, tokenizer, args.nsamples, seqlen, args.seed,
+                                                args.cache_dir)
         records = quantize_model(model, family, windows, cfg, args.device, args.batch)
         results["quant_seconds"] = round(time.time() - tick, 1)
     if args.wbits < 16 or args.load:
@@ -168,7 +171,7 @@ def main(args):
         saveload.save(args.save, model, tokenizer, cfg, records)
     if not args.proxy_only:
         for name, text in texts.items():
-            ids = datautils.eval_ids(name, text, tokenizer, seqlen)
+            ids = datautils.eval_ids(name, text, tokenizer, seqlen, args.cache_dir)
             results[f"ppl_{name}"] = perplexity(model, family, ids, seqlen, args.device, args.batch)
             print(f"{name} perplexity: {results[f'ppl_{name}']:.4f}")
     if args.output_dir:

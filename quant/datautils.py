@@ -7,6 +7,7 @@ when a file is missing and HF_HUB_OFFLINE is not set:
     wikitext-2-raw/wiki.test.raw   wikitext-2/{train,test}.txt   ptb/ptb.{train,test}.txt
     c4/c4_validation_2k.jsonl
 """
+import hashlib
 import json
 import os
 import random
@@ -95,9 +96,27 @@ def eval_text(name, data_dir):
     raise UsageError(f"unknown evaluation set {name!r}; choose from {sorted(EVAL_SETS)}")
 
 
-def eval_ids(name, text, tokenizer, seqlen):
-    """Token ids (1, N) of an evaluation text; c4 is cut to 256 windows as in QuIP's code."""
+def tokenize(text, tokenizer, cache_dir=None):
+    """Token ids (1, N) of text; with cache_dir, reused across runs (keyed by text and tokenizer)."""
+    if not cache_dir:
+        return tokenizer(text, return_tensors="pt").input_ids
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    ident = backend.to_str() if backend is not None else repr(tokenizer)
+    key = hashlib.sha256((ident + "\0" + text).encode("utf-8")).hexdigest()[:24]
+    path = os.path.join(cache_dir, f"ids-{key}.pt")
+    if os.path.exists(path):
+        return torch.load(path, weights_only=True)
     ids = tokenizer(text, return_tensors="pt").input_ids
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    torch.save(ids, tmp)
+    os.replace(tmp, path)
+    return ids
+
+
+def eval_ids(name, text, tokenizer, seqlen, cache_dir=None):
+    """Token ids (1, N) of an evaluation text; c4 is cut to 256 windows as in QuIP's code."""
+    ids = tokenize(text, tokenizer, cache_dir)
     return ids[:, :256 * seqlen] if name == "c4" else ids
 
 
@@ -119,12 +138,12 @@ def calibration_text(name, data_dir):
     raise UsageError(f"unknown calibration set {name!r}; choose from {sorted(EVAL_SETS)}")
 
 
-def calibration_windows(text, tokenizer, nsamples, seqlen, seed):
+def calibration_windows(text, tokenizer, nsamples, seqlen, seed, cache_dir=None):
     """`nsamples` random windows of `seqlen` tokens from `calibration_text(...)`, drawn with `seed`."""
     rng = random.Random(seed)
     if isinstance(text, list):
         return _c4_windows(text, tokenizer, nsamples, seqlen, rng)
-    return _random_windows(tokenizer(text, return_tensors="pt").input_ids, nsamples, seqlen, rng)
+    return _random_windows(tokenize(text, tokenizer, cache_dir), nsamples, seqlen, rng)
 
 
 def _c4_windows(docs, tokenizer, nsamples, seqlen, rng):

@@ -77,3 +77,12 @@ def test_missing_data_names_the_layout(tmp_path, monkeypatch, name):
 def test_real_wikitext2_rebuilds_hf_rows():
     rows = D.wikitext2_test_rows(SHARED)
     assert len(rows) == 4358 and rows[0] == "" and rows[1] == " = Robert Boulter = \n"
+
+
+def test_token_cache_reuses_ids(data, tmp_path):
+    tok = make_tokenizer()
+    text = D.eval_text("ptb", data)
+    a = D.tokenize(text, tok, str(tmp_path))
+    assert len(os.listdir(tmp_path)) == 1
+    assert torch.equal(D.tokenize(text, tok, str(tmp_path)), a)
+    assert torch.equal(D.tokenize(text, tok), a)
