@@ -75,6 +75,8 @@ def parse_args(argv=None, family="auto"):
     p.add_argument("--family", choices=["auto"] + list(FAMILIES), default=family,
                    help="model family (auto: from config.model_type)")
     p.add_argument("--batch", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--max-eval-windows", type=int, default=0,
+                   help="evaluate this many evenly spaced windows per set (0: all, the reference protocol)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
     p.add_argument("--output-dir", type=str, default="", help="write config.json and results.json here")
@@ -96,6 +98,8 @@ def check_args(args):
         raise UsageError("--qfn b needs --pre_proj (or --incoh_processing)")
     if args.groupsize > 0 and args.qfn == "b":
         raise UsageError("--groupsize needs --qfn a (quantizer 'b' has one scale per matrix)")
+    if args.max_eval_windows < 0:
+        raise UsageError("--max-eval-windows must not be negative")
     for name in ("nsamples", "batch"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name} must be positive")
@@ -172,7 +176,8 @@ def main(args):
     if not args.proxy_only:
         for name, text in texts.items():
             ids = datautils.eval_ids(name, text, tokenizer, seqlen, args.cache_dir)
-            results[f"ppl_{name}"] = perplexity(model, family, ids, seqlen, args.device, args.batch)
+            results[f"ppl_{name}"] = perplexity(model, family, ids, seqlen, args.device, args.batch,
+                                                args.max_eval_windows)
             print(f"{name} perplexity: {results[f'ppl_{name}']:.4f}")
     if args.output_dir:
         write_config(args.output_dir, args)

@@ -95,12 +95,18 @@ def quantize_model(model, family, windows, cfg, device, batch=8):
 
 
 @torch.no_grad()
-def perplexity(model, family, ids, seqlen, device, batch=8):
-    """exp(mean CE) over non-overlapping windows of seqlen tokens (the remainder is dropped)."""
-    n = ids.shape[1] // seqlen
-    if n == 0:
+def perplexity(model, family, ids, seqlen, device, batch=8, max_windows=0):
+    """exp(mean CE) over non-overlapping windows of seqlen tokens (the remainder is dropped).
+
+    max_windows > 0 keeps that many windows, evenly spaced over the text (a cheaper estimate)."""
+    total_windows = ids.shape[1] // seqlen
+    if total_windows == 0:
         raise ValueError(f"evaluation text has {ids.shape[1]} tokens, fewer than seqlen {seqlen}")
-    windows = [ids[:, k * seqlen:(k + 1) * seqlen] for k in range(n)]
+    keep = range(total_windows)
+    if 0 < max_windows < total_windows:
+        keep = torch.linspace(0, total_windows - 1, max_windows).round().long().tolist()
+    windows = [ids[:, k * seqlen:(k + 1) * seqlen] for k in keep]
+    n = len(windows)
     layers = family.base(model).layers
     hidden, kwargs = capture_layer_inputs(model, family, windows, device, batch)
     for i in range(len(layers)):

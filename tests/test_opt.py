@@ -149,3 +149,10 @@ def test_missing_model_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         run_cli(opt.main, opt.parse_args([str(tmp_path / "nope"), "wikitext2", "--eval", ""]))
     assert exc.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_max_eval_windows_subsamples(tiny):
+    data, model = tiny
+    full = run(model, data, "--wbits", "16", "--eval", "ptb")["ppl_ptb"]
+    part = run(model, data, "--wbits", "16", "--eval", "ptb", "--max-eval-windows", "3")["ppl_ptb"]
+    assert part != full and abs(part / full - 1) < 0.5
