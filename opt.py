@@ -11,7 +11,6 @@ config.json and results.json there.
 """
 import argparse
 import os
-import sys
 import time
 
 import utils.tv_compat  # noqa: F401,E402  (transformers imports torchvision)
@@ -105,6 +104,8 @@ def check_args(args):
             raise UsageError(f"--{name} must be positive")
     if args.npasses < 0 or args.percdamp < 0:
         raise UsageError("--npasses and --percdamp must not be negative")
+    if args.save and args.wbits == 16 and not args.load:
+        raise UsageError("--save needs --wbits 2, 3 or 4")
     if args.load and not os.path.isdir(args.load):
         raise UsageError(f"--load {args.load}: no such directory")
     return evals
@@ -170,8 +171,6 @@ def main(args):
         results["proxy_loss"] = sum(r.proxy for r in records.values())
         print(f"proxy loss tr(dW H dW^T), summed over {len(records)} linears: {results['proxy_loss']:.6g}")
     if args.save:
-        if args.wbits == 16 and not args.load:
-            raise UsageError("--save needs --wbits 2, 3 or 4")
         saveload.save(args.save, model, tokenizer, cfg, records)
     if not args.proxy_only:
         for name, text in texts.items():

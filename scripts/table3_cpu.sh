@@ -13,6 +13,7 @@
 #   BASE_MODEL [$OUT/tiny-opt-wt2]  FT_CE / FT_RLO5 / FT_RLO10 [$OUT/ft-ce, ft-rlo5, ft-rlo10]
 #   PRETRAIN_FLAGS, FT_FLAGS, QUANT_FLAGS (extra flags for each stage)  BITS ["16 4 3 2"]  THREADS [1]
 #   QUANT_FLAGS="--nsamples 128" gives the reference protocol (all windows), at about 10x the CPU time.
+#   WAIT_FOR_MODELS=1: never train; wait for each model directory's DONE file (written by another job).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
@@ -32,29 +33,30 @@ BITS=${BITS:-"16 4 3 2"}
 THREADS=${THREADS:-1}
 mkdir -p "$OUT"
 
-if [ ! -e "$BASE_MODEL/DONE" ]; then
+if [ ! -e "$BASE_MODEL/DONE" ] && [ "${WAIT_FOR_MODELS:-0}" != 1 ]; then
   echo "== pretrain -> $BASE_MODEL"
   # shellcheck disable=SC2086
   python scripts/pretrain_tiny_opt.py --output-dir "$BASE_MODEL" --data-dir "$DATA_DIR" $PRETRAIN_FLAGS
   touch "$BASE_MODEL/DONE"
 fi
 
-finetune() {  # name dir loss [k]
-  local name=$1 dir=$2 loss=$3 k=${4:-5}
-  if [ ! -e "$dir/DONE" ]; then
-    echo "== fine-tune $name -> $dir"
-    # shellcheck disable=SC2086
-    python ft_opt.py --model "$BASE_MODEL" --dataset wikitext2 --data-dir "$DATA_DIR" --output-dir "$dir" \
-      --loss "$loss" --k "$k" --m "$k" $FT_FLAGS
-    touch "$dir/DONE"
+finetune() {  # name dir loss k: train unless DONE (with WAIT_FOR_MODELS=1, wait for another job's DONE)
+  local name=$1 dir=$2 loss=$3 k=$4
+  [ -e "$dir/DONE" ] && return
+  if [ "${WAIT_FOR_MODELS:-0}" = 1 ]; then
+    echo "== waiting for $dir/DONE"
+    while [ ! -e "$dir/DONE" ]; do sleep 30; done
+    return
   fi
+  echo "== fine-tune $name -> $dir"
+  # shellcheck disable=SC2086
+  python ft_opt.py --model "$BASE_MODEL" --dataset wikitext2 --data-dir "$DATA_DIR" --output-dir "$dir" \
+    --loss "$loss" --k "$k" --m "$k" $FT_FLAGS
+  touch "$dir/DONE"
 }
-finetune CE "$FT_CE" ce
-finetune RLO-5 "$FT_RLO5" root 5
-finetune RLO-10 "$FT_RLO10" root 10
 
-for pair in "CE:$FT_CE" "RLO-5:$FT_RLO5" "RLO-10:$FT_RLO10"; do
-  name=${pair%%:*}; model=${pair#*:}
+quantize() {  # name model_dir: evaluate at 16 bits and quantize + evaluate at the other bit widths
+  local name=$1 model=$2 bits run flags
   for bits in $BITS; do
     run="$OUT/quant/$name-w$bits"
     [ -e "$run/results.json" ] && continue
@@ -65,6 +67,12 @@ for pair in "CE:$FT_CE" "RLO-5:$FT_RLO5" "RLO-10:$FT_RLO10"; do
     python opt.py "$model" wikitext2 $flags --seed 0 --data-dir "$DATA_DIR" --output-dir "$run" \
       --cache-dir "$OUT/token_cache" --threads "$THREADS" $QUANT_FLAGS
   done
+}
+
+for spec in "CE:$FT_CE:ce:5" "RLO-5:$FT_RLO5:root:5" "RLO-10:$FT_RLO10:root:10"; do
+  IFS=: read -r name dir loss k <<< "$spec"
+  finetune "$name" "$dir" "$loss" "$k"
+  quantize "$name" "$dir"
 done
 
 QUANT_FLAGS_USED="$QUANT_FLAGS" python - "$OUT" "$RESULT_MD" "$BASE_MODEL" "$FT_CE" "$FT_RLO5" "$FT_RLO10" "$BITS" <<'PY'

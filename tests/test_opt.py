@@ -124,6 +124,7 @@ def test_tiny_llama_through_the_same_code(tmp_path):
     (["--qfn", "b"], "--pre_proj"),
     (["--incoh_processing", "--groupsize", "8"], "--groupsize"),
     (["--load", "/nonexistent/dir"], "--load"),
+    (["--save", "/tmp/x"], "--save"),
 ])
 def test_bad_input_exits_2_with_one_line(tiny, capsys, flags, message):
     data, model = tiny
