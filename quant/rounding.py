@@ -5,7 +5,7 @@ integer-valued codes on the quantizer's grid; `quantizer.levels(codes)` gives th
 
 - nearest: round every weight to the nearest level.
 - gptq: GPTQ (Frantar et al. 2023, Alg. 1), lazy batches of `blocksize` columns.
-- ldlq: LDLQ (QuIP, Chee et al. 2023, Sec. 3 eq. 4): columns in order, each rounded after adding the
+- ldlq: LDLQ (QuIP, Chee et al. 2023, Sec. 3): columns in order, each rounded after adding the
   linear feedback of the earlier columns' errors through the unit-triangular LDL factor of H.
 - ldlqRG: LDLQ with columns in descending diag(H) order, then `npasses` greedy coordinate-descent passes
   (QuIP's code, `round_sorted_ldlqRG`).
