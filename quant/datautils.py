@@ -40,7 +40,12 @@ def _hub(name, config, split, column, data_dir):
     if _offline():
         raise _missing(f"{name} {split}", data_dir)
     import datasets
-    return datasets.load_dataset(name, config, split=split)[column]
+    try:
+        return datasets.load_dataset(name, config, split=split)[column]
+    except Exception as err:  # network, hub or cache failures: one line, not a traceback
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise UsageError(f"{name} {split} not found under {data_dir} and could not be downloaded "
+                         f"({first}); expected the layout {LAYOUT}") from None
 
 
 def _lines(path):
