@@ -1,0 +1,188 @@
+"""Post-training quantization of OPT (and Llama-family) models with QuIP, GPTQ or nearest rounding,
+then perplexity on WikiText-2, PTB and C4: a clean, seeded rewrite of the authors' quantization/opt.py.
+
+    python opt.py MODEL wikitext2 --wbits 2 --quant ldlqRG --incoh_processing --save PATH
+    python opt.py MODEL wikitext2 --wbits 4 --quant gptq --pre_gptqH
+    python opt.py MODEL wikitext2 --load PATH            # evaluate a saved quantized model again
+
+MODEL is a hub id or a local save_pretrained directory. Offline, data comes from --data-dir (see
+quant/datautils.py for the layout). Results print one line per evaluation set; --output-dir also writes
+config.json and results.json there.
+"""
+import argparse
+import os
+import time
+
+import utils.tv_compat  # noqa: F401,E402  (transformers imports torchvision)
+import torch  # noqa: E402
+
+from quant import datautils, incoherence, rounding, saveload  # noqa: E402
+from quant.driver import QuantConfig, perplexity, quantize_model  # noqa: E402
+from quant.families import FAMILIES, MODEL_TYPES  # noqa: E402
+from quant.quantizers import QUANTIZERS  # noqa: E402
+from utils.cli import UsageError, default_data_dir, fail, run_cli  # noqa: E402
+from utils.runio import atomic_write_json, write_config  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and status 2, not argparse's usage block
+        fail(message)
+
+
+def parse_args(argv=None, family="auto"):
+    p = _Parser(description=__doc__.split("\n")[0])
+    p.add_argument("model", type=str, help="hub id or local directory of the model (e.g. facebook/opt-125m)")
+    p.add_argument("dataset", type=str, choices=list(datautils.EVAL_SETS),
+                   help="calibration data")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the calibration windows and of the random orthogonal transforms")
+    p.add_argument("--nsamples", type=int, default=128, help="number of calibration windows")
+    p.add_argument("--percdamp", type=float, default=.01,
+                   help="damping: fraction of mean(diag H) added to diag H")
+    p.add_argument("--quant", choices=list(rounding.ROUNDERS), default="nearest",
+                   help="rounding method")
+    p.add_argument("--wbits", type=int, default=16, choices=[2, 3, 4, 16],
+                   help="bits per weight; 16 evaluates the unquantized model")
+    p.add_argument("--npasses", type=int, default=0,
+                   help="greedy coordinate-descent passes after LDLQ (ldlq, ldlqRG) or in allbal")
+    p.add_argument("--groupsize", type=int, default=-1,
+                   help="columns per quantization group (quantizer 'a' only); -1 = whole row")
+    p.add_argument("--pre_gptqH", action="store_true",
+                   help="GPTQ's dead-input fix and damping (always applied here; kept for old commands)")
+    p.add_argument("--pre_rescale", action="store_true", help="incoherence step 1: column rescaling")
+    p.add_argument("--pre_proj", action="store_true",
+                   help="incoherence step 2: random orthogonal transforms (kind: --incoh)")
+    p.add_argument("--qfn", choices=list(QUANTIZERS), default="a",
+                   help="grid: a = per-row min/max (GPTQ), b = 2.4 RMS symmetric (QuIP, needs --pre_proj)")
+    p.add_argument("--incoh_processing", action="store_true",
+                   help="QuIP's incoherence processing: --pre_gptqH --pre_rescale --pre_proj --qfn b")
+    p.add_argument("--incoh", choices=list(incoherence.ORTHOGONALS), default="butterfly",
+                   help="random orthogonal family for --pre_proj (butterfly is what QuIP's code ran)")
+    p.add_argument("--lazy_batch", action="store_true",
+                   help="accepted for old commands; rounding always runs in blocks of 128 columns")
+    p.add_argument("--save", type=str, default="", help="directory to write the quantized model to")
+    p.add_argument("--load", type=str, default="", help="evaluate a model written by --save")
+    p.add_argument("--proxy_only", action="store_true",
+                   help="quantize and report the proxy loss tr(dW H dW^T) only, no perplexity")
+    p.add_argument("--seqlen", type=int, default=None,
+                   help="tokens per window (default: the model's max_position_embeddings)")
+    p.add_argument("--eval", type=str, default="wikitext2,ptb,c4",
+                   help="comma-separated evaluation sets (wikitext2, ptb, c4); empty for none")
+    p.add_argument("--data-dir", type=str, default=default_data_dir(), help="root of the local data")
+    p.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="device for the layer being processed (default: cuda if available)")
+    p.add_argument("--family", choices=["auto"] + list(FAMILIES), default=family,
+                   help="model family (auto: from config.model_type)")
+    p.add_argument("--batch", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--max-eval-windows", type=int, default=0,
+                   help="evaluate this many evenly spaced windows per set (0: all, the reference protocol)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
+    p.add_argument("--output-dir", type=str, default="", help="write config.json and results.json here")
+    p.add_argument("--cache-dir", type=str, default="",
+                   help="reuse tokenized calibration/evaluation text across runs (keyed by text+tokenizer)")
+    args = p.parse_args(argv)
+    if args.incoh_processing:
+        args.pre_gptqH = args.pre_rescale = args.pre_proj = True
+        args.qfn = "b"
+    return args
+
+
+def check_args(args):
+    evals = [name for name in args.eval.split(",") if name]
+    unknown = [name for name in evals if name not in datautils.EVAL_SETS]
+    if unknown:
+        raise UsageError(f"--eval: unknown set {unknown[0]!r}; choose from {', '.join(datautils.EVAL_SETS)}")
+    if args.qfn == "b" and not args.pre_proj:
+        raise UsageError("--qfn b needs --pre_proj (or --incoh_processing)")
+    if args.groupsize > 0 and args.qfn == "b":
+        raise UsageError("--groupsize needs --qfn a (quantizer 'b' has one scale per matrix)")
+    if args.max_eval_windows < 0:
+        raise UsageError("--max-eval-windows must not be negative")
+    for name in ("nsamples", "batch"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name} must be positive")
+    if args.npasses < 0 or args.percdamp < 0:
+        raise UsageError("--npasses and --percdamp must not be negative")
+    if args.save and args.wbits == 16 and not args.load:
+        raise UsageError("--save needs --wbits 2, 3 or 4")
+    if args.load and not os.path.isdir(args.load):
+        raise UsageError(f"--load {args.load}: no such directory")
+    return evals
+
+
+def quant_config(args):
+    return QuantConfig(wbits=args.wbits, method=args.quant, qfn=args.qfn, rescale=args.pre_rescale,
+                       proj=args.incoh if args.pre_proj else None, percdamp=args.percdamp,
+                       npasses=args.npasses, groupsize=args.groupsize, seed=args.seed)
+
+
+def load_model(path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
+    logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot load model {path!r}: {str(err).splitlines()[0]}") from None
+    model.config.use_cache = False
+    return model.eval(), tokenizer
+
+
+def model_family(model, choice):
+    if choice != "auto":
+        return FAMILIES[choice]
+    kind = MODEL_TYPES.get(model.config.model_type)
+    if kind is None:
+        raise UsageError(f"model type {model.config.model_type!r} is not supported; use --family")
+    return FAMILIES[kind]
+
+
+def seqlen_of(model, args):
+    limit = model.config.max_position_embeddings
+    seqlen = args.seqlen or limit
+    if not 1 < seqlen <= limit:
+        raise UsageError(f"--seqlen must be in 2..{limit} (the model's max_position_embeddings)")
+    return seqlen
+
+
+def main(args):
+    evals = check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # read all text first, so missing data fails before any model is loaded
+    texts = {name: datautils.eval_text(name, args.data_dir) for name in evals}
+    quantizing = args.wbits < 16 and not args.load
+    calib = datautils.calibration_text(args.dataset, args.data_dir) if quantizing else None
+    model, tokenizer = load_model(args.load or args.model)
+    family = model_family(model, args.family)
+    seqlen, results = seqlen_of(model, args), {}
+    if args.load:
+        cfg, records = saveload.read_codes(args.load)
+        saveload.restore_weights(model, family, cfg, records)
+    elif quantizing:
+        cfg, tick = quant_config(args), time.time()
+        windows = datautils.calibration_windows(calib, tokenizer, args.nsamples, seqlen, args.seed,
+                                                args.cache_dir)
+        records = quantize_model(model, family, windows, cfg, args.device, args.batch)
+        results["quant_seconds"] = round(time.time() - tick, 1)
+    if args.wbits < 16 or args.load:
+        results["proxy_loss"] = sum(r.proxy for r in records.values())
+        print(f"proxy loss tr(dW H dW^T), summed over {len(records)} linears: {results['proxy_loss']:.6g}")
+    if args.save:
+        saveload.save(args.save, model, tokenizer, cfg, records)
+    if not args.proxy_only:
+        for name, text in texts.items():
+            ids = datautils.eval_ids(name, text, tokenizer, seqlen, args.cache_dir)
+            results[f"ppl_{name}"] = perplexity(model, family, ids, seqlen, args.device, args.batch,
+                                                args.max_eval_windows)
+            print(f"{name} perplexity: {results[f'ppl_{name}']:.4f}")
+    if args.output_dir:
+        write_config(args.output_dir, args)
+        atomic_write_json(os.path.join(args.output_dir, "results.json"), results)
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args())
