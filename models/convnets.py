@@ -65,7 +65,7 @@ def vgg19(num_classes, image_size, **_):
     return net
 
 
-def convmixer(num_classes, image_size, **_):
+def convmixer(num_classes, image_size, depth=16, **_):
     """ConvMixer-256/16, kernel 8, patch 1 (the ancestor repository's CIFAR defaults)."""
     from timm.models.convmixer import ConvMixer
-    return ConvMixer(dim=256, depth=16, kernel_size=8, patch_size=1, num_classes=num_classes)
+    return ConvMixer(dim=256, depth=depth, kernel_size=8, patch_size=1, num_classes=num_classes)

