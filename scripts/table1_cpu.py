@@ -113,8 +113,10 @@ def run_grid(args, data_dir):
                 if os.path.exists(os.path.join(out, "checkpoint.pt")):
                     argv.append("--resume")
                 print(f"[{time.strftime('%H:%M:%S')}] train.py {' '.join(argv)}", flush=True)
-                train.main(train.parse_args(argv))
+                results = train.main(train.parse_args(argv))
                 write_report(args)
+                if results["status"] != "finished":  # SIGINT/SIGTERM: stop the grid, resumable later
+                    raise SystemExit(f"stopped during {out}; run the same command again to continue")
 
 
 def collect(args):
