@@ -57,9 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--subset", type=int, default=512, help="training images (fixed random subset)")
-    p.add_argument("--test-subset", type=int, default=300, help="test images (fixed random subset)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--subset", type=int, default=800, help="training images (fixed random subset)")
+    p.add_argument("--test-subset", type=int, default=500, help="test images (fixed random subset)")
     p.add_argument("--bs", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--report-only", action="store_true", help="only rewrite the table from finished runs")
@@ -90,7 +90,7 @@ def train_argv(args, data_dir, net, column, seed, out):
     return (["--dataset", "cifar10", "--data-dir", data_dir, "--net", net, *NETS[net][1], *LOSSES[column],
              "--n_epochs", str(args.epochs), "--subset", str(args.subset), "--test-subset", str(args.test_subset),
              "--bs", str(args.bs), "--lr", str(args.lr), "--opt", "adam", "--noaug", "--seed", str(seed),
-             "--workers", "0", "--device", "cpu", "--out", out])
+             "--workers", "0", "--threads", "1", "--device", "cpu", "--out", out])
 
 
 def read_results(path):
@@ -172,7 +172,7 @@ def write_report(args):
              f"over seeds {args.seeds} (n = finished runs). Time: mean training seconds per epoch on a 2-core "
              "CPU shared with other jobs (load varies, compare times only loosely). Paper: CIFAR-10 (official), "
              "350 epochs, full data, ViT-B / ResNet-50 / Swin-B on GPUs.", "",
-             "Settings: Adam lr 1e-3, cosine schedule, batch 64, no RandAugment (--noaug), fp32; RLO-k = the "
+             "Settings: Adam lr 1e-3, cosine schedule, batch 64, no RandAugment (--noaug), fp32, 1 torch thread; RLO-k = the "
              "authors' code form m (1 - p_y^(1/k)) with m = k; Focal alpha 0.25, gamma 3. Nets: res18_mini "
              "(ResNet-18 layout, widths 16-128), vit_tiny (--dimhead 128), swin_mini (embed 32, depths 2-2-2-2).",
              "", "Command: `python scripts/table1_cpu.py` (resumable; `--report-only` rewrites this file).", "",
