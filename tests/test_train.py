@@ -2,6 +2,7 @@
 NaN stop, eval-only, one-line usage errors, a 2-process gloo DDP run and the issue's 'done when' command."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -76,6 +77,24 @@ def test_resume_across_epoch_boundary_is_exact(tmp_path):
     run(tmp_path, "b", "--n_epochs", "3", "--loss", "focal", "--max-steps", "3")
     run(tmp_path, "b", "--n_epochs", "3", "--loss", "focal", "--resume")
     assert metrics(str(tmp_path / "b")) == metrics(str(tmp_path / "a"))
+
+
+def test_sigterm_saves_and_resumes_exactly(tmp_path, monkeypatch):
+    real_step, fired = train.train_step, []
+
+    def step_then_signal(run_, *a):
+        out = real_step(run_, *a)
+        if run_.step == 2 and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by train.main: save and stop
+        return out
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    stopped, out = run(tmp_path, "sig", "--n_epochs", "2")
+    assert stopped["status"] == "interrupted" and stopped["steps"] == 2
+    assert load_checkpoint(os.path.join(out, "checkpoint.pt"))["partial"]["batches"] == 2
+    run(tmp_path, "sig", "--n_epochs", "2", "--resume")
+    run(tmp_path, "ref", "--n_epochs", "2")
+    assert metrics(out) == metrics(str(tmp_path / "ref"))
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
