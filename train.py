@@ -188,7 +188,7 @@ class Run:
             save_checkpoint(self.checkpoint_path(name), **self.state())
 
     def restore(self, path):
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
         saved = state.get("args", {})
         for key in ("net", "dataset", "loss"):
             if key in saved and saved[key] != getattr(self.args, key):
@@ -391,18 +391,19 @@ def train_loop(run):
 
 
 def main(args):
-    run = Run(args)
-    handlers = {}
+    run, handlers = None, {}
 
     def on_signal(signum, frame):
-        run.stop_signal = signum
+        if run is not None:
+            run.stop_signal = signum
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            handlers[sig] = signal.signal(sig, on_signal)
-        except ValueError:  # not the main thread: no signal handling
-            pass
     try:
+        run = Run(args)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                handlers[sig] = signal.signal(sig, on_signal)
+            except ValueError:  # not the main thread: no signal handling
+                pass
         prepare_run_dir(run)
         return eval_only(run) if args.eval_only else train_loop(run)
     finally:
