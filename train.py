@@ -294,7 +294,7 @@ def run_epoch(run, logger):
               "images_per_s": train["train_images"] / max(train_s, 1e-9)}
     run.scheduler.step()
     run.epoch += 1
-    improved = record["val_acc"] > run.best_acc
+    improved = record["val_acc"] > run.best_acc or not os.path.exists(run.checkpoint_path("best.pt"))
     run.best_acc = max(run.best_acc, record["val_acc"])
     record["best_acc"] = run.best_acc
     logger(record)
