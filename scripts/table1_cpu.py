@@ -179,10 +179,13 @@ def verdict(net, table):
     best_rlo = max((c for c in LOSSES if c.startswith("RLO")), key=lambda c: means[c][0])
     gap = means[best_rlo][0] - means["CE"][0]
     noise = max(means[best_rlo][1], means["CE"][1])
+    seeds = min(len(table[(net, c)]) for c in (best_rlo, "CE"))
     best = "an RLO column is best" if ranked[0].startswith("RLO") else f"{ranked[0]} is best, not an RLO column"
+    noise_text = (f"{'larger' if abs(gap) > noise else 'not larger'} than the seed std ({noise:.2f})."
+                  if seeds > 1 else "one seed only, so no noise estimate.")
     return (f"{net}: ranking {' > '.join(ranked)}; paper's ordering (an RLO column best or second best) "
             f"{'HOLDS' if holds else 'DOES NOT HOLD'} ({best}); best RLO ({best_rlo}) - CE = {gap:+.2f} points, "
-            f"{'larger' if abs(gap) > noise else 'not larger'} than the seed std ({noise:.2f}).")
+            + noise_text)
 
 
 def grid_command(args):
