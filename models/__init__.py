@@ -7,9 +7,6 @@ the authors' --dimhead), pretrained (local weights file for vit_timm), depth (ov
 """
 import warnings
 
-import torch
-import torch.nn as nn
-
 from models import convnets, transformers
 
 MODELS = {
@@ -76,5 +73,4 @@ def count_parameters(model):
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "build_model", "canonical_name", "input_size", "load_pretrained", "count_parameters",
-           "nn", "torch"]
+__all__ = ["MODELS", "build_model", "canonical_name", "input_size", "load_pretrained", "count_parameters"]

@@ -1,6 +1,5 @@
 """utils/datasets.py: the registry, the on-disk layouts (fake copies made here) and the error messages."""
 import pytest
-import torch
 
 from tests import fake_data
 from utils.cli import UsageError
