@@ -77,7 +77,7 @@ def parse_args(argv=None):
     p.add_argument("--command", default=None, help="the command that ran the grid, for the report")
     p.add_argument("--title", default=f"Table 1 at CPU scale ({DATA_NOTE})")
     p.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--subset", type=int, default=800, help="training images (fixed random subset)")
     p.add_argument("--test-subset", type=int, default=500, help="test images (fixed random subset)")
