@@ -19,7 +19,7 @@ import utils.tv_compat  # noqa: F401  (transformers may import torchvision)
 import torch
 
 import losses
-from utils.cli import UsageError, default_data_dir, fail, run_cli
+from utils.cli import UsageError, default_data_dir, fail, require_file, run_cli
 from utils.lm_data import LAYOUTS, group_texts, load_splits
 from utils.runio import append_jsonl, atomic_write_json, write_config
 
@@ -95,6 +95,10 @@ def check_args(args):
         raise UsageError("choose one of --fp16 and --bf16")
     if (args.fp16 or args.bf16) and not torch.cuda.is_available():
         raise UsageError("--fp16/--bf16 need a CUDA device")
+    for split in ("train", "validation", "test"):
+        path = getattr(args, f"{split}_file")
+        if path is not None:
+            require_file(path, f"--{split}-file: a .txt or .jsonl text file")
     try:
         return losses.get_form(args.loss, k=args.k, m=args.m, alpha=args.alpha, gamma=args.gamma)
     except ValueError as err:
@@ -317,9 +321,9 @@ def resume_point(args):
     return last
 
 
-def train(trainer, args, tokenizer):
-    """Train (resuming when asked), save model + tokenizer; returns the training metrics."""
-    out = trainer.train(resume_from_checkpoint=resume_point(args))
+def train(trainer, args, tokenizer, resume):
+    """Train (from checkpoint `resume` if not None), save model + tokenizer; returns training metrics."""
+    out = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
     tokenizer.save_pretrained(args.output_dir)
     trainer.save_state()
@@ -330,6 +334,7 @@ def train(trainer, args, tokenizer):
 
 def main(args):
     form = check_args(args)
+    resume = None if args.eval_only else resume_point(args)
     from transformers import set_seed
     set_seed(args.seed)
     tokenizer, model = load_model(args.model)
@@ -342,7 +347,7 @@ def main(args):
         check_plain_head(model, trainer.capture)
     results = {"model": args.model, "objective": args.loss}
     if not args.eval_only:
-        results.update(train(trainer, args, tokenizer))
+        results.update(train(trainer, args, tokenizer, resume))
     sets = {"validation": data["validation"], **({"test": data["test"]} if "test" in data else {}), **extra}
     for name, ds in sets.items():
         results.update(trainer.evaluate(eval_dataset=ds, metric_key_prefix=name))
