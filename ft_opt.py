@@ -27,15 +27,9 @@ LM_LOSSES = ("ce", "root", "root_paper", "focal")  # the CE-shaped losses of los
 EVAL_SPLIT = {"wikitext2": "test", "ptb": "test", "c4": "validation"}  # split used by --also-eval
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose errors are one `error: ...` line and exit status 2."""
-
-    def error(self, message):
-        fail(message)
-
-
 def parse_args(argv=None):
-    p = OneLineParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.error = fail  # argparse errors too: one `error: ...` line, exit status 2
     p.add_argument("--model", type=str, default="facebook/opt-125m", help="hub id or local model directory")
     p.add_argument("--dataset", type=str, default="wikitext2", choices=sorted(LAYOUTS),
                    help="text corpus (local layout under --data-dir, else the HF hub when online)")
