@@ -57,7 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (CUDA)")
     p.add_argument("--head", type=str, default="chunked", choices=["chunked", "plain"],
                    help="LM head + loss: chunked (no full logits) or plain logits (reference)")
-    p.add_argument("--chunk-size", type=int, default=None, help="tokens per LM-head chunk (default auto)")
+    p.add_argument("--chunk-size", type=int, default=256,
+                   help="tokens per LM-head chunk (chunked head); small chunks keep peak memory low")
     p.add_argument("--eval-only", action="store_true", help="evaluate --model without training")
     p.add_argument("--eval-test", action="store_true", help="also evaluate the test split")
     p.add_argument("--also-eval", nargs="*", default=[], choices=sorted(LAYOUTS),
