@@ -50,7 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-bs", type=int, default=None, help="evaluation batch size (default --bs)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (AdamW, linear decay)")
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps")
+    p.add_argument("--warmup-steps", type=int, default=500, help="linear warmup steps (authors' code: 500)")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     p.add_argument("--seed", type=int, default=42, help="seed of init, data order and dropout")
     p.add_argument("--fp16", action="store_true", help="fp16 mixed precision (CUDA)")
