@@ -235,9 +235,24 @@ def evaluate_lm(model, capture, loader, form, accelerator=None, head="chunked", 
 
 
 # ----------------------------------------------------------------------------------------- trainer
+def training_arguments(args):
+    """TrainingArguments from the CLI: AdamW, linear schedule with warmup, no hub, no reporting."""
+    from transformers import TrainingArguments
+    return TrainingArguments(
+        output_dir=args.output_dir, num_train_epochs=args.epochs, max_steps=args.max_steps,
+        per_device_train_batch_size=args.bs, per_device_eval_batch_size=args.eval_bs or args.bs,
+        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, lr_scheduler_type="linear",
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, optim="adamw_torch",
+        seed=args.seed, fp16=args.fp16, bf16=args.bf16, logging_steps=args.logging_steps,
+        save_strategy="steps", save_steps=args.save_steps, save_total_limit=args.save_total_limit,
+        eval_strategy="steps" if args.eval_steps else "no", eval_steps=args.eval_steps or None,
+        report_to="none", push_to_hub=False, remove_unused_columns=False, dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available())
+
+
 def make_trainer(args, model, tokenizer, data, form):
     """A Trainer whose loss is the losses.py objective and whose evaluation is true perplexity."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
 
     class RLOTrainer(Trainer):
         def __init__(self, *a, **kw):
@@ -275,16 +290,7 @@ def make_trainer(args, model, tokenizer, data, form):
                     logs[new] = logs.pop(key)
             super().log(logs, *a, **kw)
 
-    targs = TrainingArguments(
-        output_dir=args.output_dir, num_train_epochs=args.epochs, max_steps=args.max_steps,
-        per_device_train_batch_size=args.bs, per_device_eval_batch_size=args.eval_bs or args.bs,
-        gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, lr_scheduler_type="linear",
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, optim="adamw_torch",
-        seed=args.seed, fp16=args.fp16, bf16=args.bf16, logging_steps=args.logging_steps,
-        save_strategy="steps", save_steps=args.save_steps, save_total_limit=args.save_total_limit,
-        eval_strategy="steps" if args.eval_steps else "no", eval_steps=args.eval_steps or None,
-        report_to="none", push_to_hub=False, remove_unused_columns=False, dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available())
+    targs = training_arguments(args)
     return RLOTrainer(model=model, args=targs, data_collator=collate, processing_class=tokenizer,
                       train_dataset=data.get("train"), eval_dataset=data["validation"])
 
