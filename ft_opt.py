@@ -20,7 +20,7 @@ import torch
 
 import losses
 from utils.cli import UsageError, default_data_dir, fail, require_file, run_cli
-from utils.lm_data import LAYOUTS, group_texts, load_splits
+from utils.lm_data import LAYOUTS, check_available, group_texts, load_splits
 from utils.runio import append_jsonl, atomic_write_json, write_config
 
 LM_LOSSES = ("ce", "root", "root_paper", "focal")  # the CE-shaped losses of losses.py: f(log p_y)
@@ -94,6 +94,8 @@ def check_args(args):
         path = getattr(args, f"{split}_file")
         if path is not None:
             require_file(path, f"--{split}-file: a .txt or .jsonl text file")
+    for name in args.also_eval:
+        check_available(name, args.data_dir, EVAL_SPLIT[name])
     try:
         return losses.get_form(args.loss, k=args.k, m=args.m, alpha=args.alpha, gamma=args.gamma)
     except ValueError as err:

@@ -197,3 +197,26 @@ def test_missing_model_exits_2(tmp_path, capsys):
                                                 str(tmp_path / "o")]))
     assert exc.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_dataset_layouts_and_also_eval(tiny, tmp_path, capsys):
+    """--dataset wikitext2 / --also-eval c4 read the ../shared/data layouts (.txt and .jsonl)."""
+    data = tmp_path / "data"
+    (data / "wikitext-2").mkdir(parents=True)
+    (data / "c4").mkdir()
+    for split, seed in (("train", 0), ("valid", 1), ("test", 2)):
+        write_text(data / "wikitext-2" / f"{split}.txt", 40, seed)
+    lines = open(write_text(tmp_path / "c4.txt", 40, 3)).read().splitlines()
+    (data / "c4" / "c4_validation_2k.jsonl").write_text(
+        "".join(json.dumps({"text": line, "url": "u"}) + "\n" for line in lines))
+    argv = ["--model", tiny["model"], "--dataset", "wikitext2", "--data-dir", str(data), "--eval-only",
+            "--eval-test", "--block-size", str(BLOCK), "--output-dir", str(tmp_path / "o")]
+    results = ft_opt.main(ft_opt.parse_args(argv + ["--also-eval", "c4"]))
+    assert {"validation_perplexity", "test_perplexity", "c4_validation_perplexity"} <= set(results)
+    assert results["c4_validation_tokens"] > 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # PTB is not in this data dir, and the hub is offline
+        run_cli(ft_opt.main, ft_opt.parse_args(argv + ["--also-eval", "ptb"]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ptb" in err[0]

@@ -51,10 +51,15 @@ def _offline():
     return any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
-def _from_hub(name, split):
-    if _offline():
+def check_available(name, data_dir, split):
+    """Fail early (UsageError) when a split is neither under data_dir nor reachable on the hub."""
+    if not os.path.exists(os.path.join(data_dir, LAYOUTS[name][split])) and _offline():
         raise UsageError(f"{name} {split} split not found locally (expected {layout_hint(name)}) "
                          "and HF_HUB_OFFLINE is set")
+
+
+def _from_hub(name, split):
+    check_available(name, "/nonexistent", split)
     import datasets
     repo, config, column = HUB[name]
     if name == "c4":
