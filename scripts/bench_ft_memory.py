@@ -1,0 +1,134 @@
+"""Peak memory of one ft_opt.py training step (forward + backward): chunked LM head vs plain logits.
+
+An OPT with opt-125m's vocabulary (50272), hidden size (768), FFN (3072) and heads (12), randomly
+initialised, with each of --layers decoder layers; batch --bs x --block tokens, float32 on the CPU. Each case runs in
+a fresh interpreter; its peak is the rise of the peak resident set size (VmHWM, reset once model and batch
+exist) during ft_opt.batch_loss(...).backward(), so it counts activations, logits, their gradients and
+the parameters' gradients. The loss and a gradient checksum show that the paths compute the same thing.
+
+    python scripts/bench_ft_memory.py                      # writes results/bench_ft_memory.md
+    python scripts/bench_ft_memory.py --layers 2 12 --losses root ce
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import utils.tv_compat  # noqa: E402,F401  (transformers imports torchvision)
+import torch  # noqa: E402
+
+import losses  # noqa: E402
+from utils.cli import UsageError, fail, run_cli  # noqa: E402
+from utils.runio import atomic_write_text  # noqa: E402
+
+OPT125M = dict(vocab_size=50272, hidden_size=768, word_embed_proj_dim=768, ffn_dim=3072, num_attention_heads=12,
+               max_position_embeddings=2048, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+# case -> (head, chunk size in tokens; None = losses.py's default of about 2^26 logits per chunk)
+CASES = {"plain logits": ("plain", None), "chunked, losses.py default chunk": ("chunked", None),
+         "chunked, 256-token chunks (ft_opt default)": ("chunked", 256)}
+
+
+def _rss_now():
+    """Current RSS in bytes, after resetting the kernel's peak mark (VmHWM) to it."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kb("VmRSS") * 1024
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def run_case(case, loss, layers, bs, block):
+    """One training step's forward + backward in this process; returns peak rise, loss, checksum, time."""
+    import ft_opt
+    from transformers import OPTConfig, OPTForCausalLM
+    head, chunk = CASES[case]
+    torch.manual_seed(0)
+    model = OPTForCausalLM(OPTConfig(num_hidden_layers=layers, **OPT125M))
+    ids = torch.randint(4, OPT125M["vocab_size"], (bs, block), generator=torch.Generator().manual_seed(1))
+    batch = ft_opt.collate([{"input_ids": row.tolist(), "labels": row.tolist()} for row in ids])
+    capture = ft_opt.HiddenStates(model)
+    form = losses.get_form(loss, k=5, m=5)
+    base = _rss_now()
+    start = time.perf_counter()
+    value = ft_opt.batch_loss(model, capture, batch, form, "mean", head=head, chunk_size=chunk)
+    value.backward()
+    seconds = time.perf_counter() - start
+    peak = _status_kb("VmHWM") * 1024 - base
+    checksum = sum(float(p.grad.double().abs().sum()) for p in model.parameters() if p.grad is not None)
+    return {"peak_bytes": peak, "loss": float(value), "grad_abs_sum": checksum, "seconds": seconds}
+
+
+def in_subprocess(case, loss, layers, bs, block):
+    code = (f"import sys, json; sys.path.insert(0, {REPO!r}); import scripts.bench_ft_memory as b; "
+            f"print(json.dumps(b.run_case({case!r}, {loss!r}, {layers}, {bs}, {block})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"case {case} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def write_report(path, rows, args, command):
+    lines = ["# ft_opt.py: peak memory of one training step, chunked LM head vs plain logits", "",
+             f"Command: `{command}`", "",
+             f"Model: OPT with opt-125m's vocabulary {OPT125M['vocab_size']}, hidden {OPT125M['hidden_size']}, "
+             f"FFN {OPT125M['ffn_dim']}, {OPT125M['num_attention_heads']} heads and the number of decoder "
+             f"layers in the table (opt-125m has 12), random init, float32. Batch {args.bs} x block {args.block} "
+             f"({args.bs * (args.block - 1)} predicted tokens). Machine: {platform.machine()}, "
+             f"{os.cpu_count()} cores shared with other jobs, torch {torch.__version__}.", "",
+             "Peak = rise of the peak RSS (VmHWM) during forward + backward of one step, in a fresh process "
+             "per case, above the model and batch. It includes activations, logits, their gradients and the "
+             "parameters' gradients, not the optimizer state. Time is one step on a shared, loaded CPU "
+             "(indicative only).", "",
+             "| layers | loss | path | peak (MiB) | vs plain | loss value | sum of abs(grad) | step time (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for layers, loss, case, r, ratio in rows:
+        lines.append(f"| {layers} | {loss} | {case} | {r['peak_bytes'] / 2**20:,.0f} | {ratio:.2f} "
+                     f"({(1 - ratio) * 100:+.0f}% saved) | {r['loss']:.6f} | {r['grad_abs_sum']:.6e} | "
+                     f"{r['seconds']:.1f} |".replace("(+", "(").replace("(-", "(-"))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.error = fail
+    p.add_argument("--layers", type=int, nargs="+", default=[2, 12], help="OPT decoder layers (opt-125m: 12)")
+    p.add_argument("--bs", type=int, default=8, help="sequences per step")
+    p.add_argument("--block", type=int, default=256, help="tokens per sequence")
+    p.add_argument("--losses", nargs="+", default=["root", "ce"], choices=["ce", "root", "root_paper", "focal"],
+                   help="training objectives to measure")
+    p.add_argument("--out", type=str, default="results/bench_ft_memory.md", help="markdown report")
+    return p.parse_args(argv)
+
+
+def main(args):
+    if min(*args.layers, args.bs, args.block) <= 0:
+        raise UsageError("--layers, --bs and --block must be positive")
+    rows = []
+    for layers in args.layers:
+        for loss in args.losses:
+            plain = None
+            for case in CASES:
+                r = in_subprocess(case, loss, layers, args.bs, args.block)
+                plain = plain or r
+                rows.append((layers, loss, case, r, r["peak_bytes"] / plain["peak_bytes"]))
+                print(layers, loss, case, json.dumps(r), flush=True)
+    command = "python scripts/bench_ft_memory.py " + " ".join(
+        f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out")
+    write_report(args.out, rows, args, command)
+    return rows
+
+
+if __name__ == "__main__":
+    run_cli(main, parse_args())
