@@ -9,7 +9,6 @@ Evaluation reports the true perplexity exp(mean token CE), separately from the t
     python ft_opt.py --model facebook/opt-125m --dataset wikitext2 --loss root --k 5 --m 5
     HF_HUB_OFFLINE=1 python ft_opt.py --model DIR --data-dir ../shared/data --output-dir runs/ft --eval-test
 """
-import argparse
 import math
 import os
 import sys
@@ -19,7 +18,7 @@ import utils.tv_compat  # noqa: F401  (transformers may import torchvision)
 import torch
 
 import losses
-from utils.cli import UsageError, default_data_dir, fail, require_file, run_cli
+from utils.cli import ArgumentParser, UsageError, default_data_dir, require_file, run_cli
 from utils.lm_data import LAYOUTS, check_available, group_texts, load_splits
 from utils.runio import append_jsonl, atomic_write_json, write_config
 
@@ -28,8 +27,7 @@ EVAL_SPLIT = {"wikitext2": "test", "ptb": "test", "c4": "validation"}  # split u
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.error = fail  # argparse errors too: one `error: ...` line, exit status 2
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", type=str, default="facebook/opt-125m", help="hub id or local model directory")
     p.add_argument("--dataset", type=str, default="wikitext2", choices=sorted(LAYOUTS),
                    help="text corpus (local layout under --data-dir, else the HF hub when online)")

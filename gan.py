@@ -13,7 +13,6 @@ runs of this script only. KID (polynomial kernel, unbiased) on the same features
 """
 import utils.tv_compat  # noqa: F401  (first import of every entry point)
 
-import argparse
 import functools
 import json
 import os
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import losses
-from utils.cli import UsageError, run_cli
+from utils.cli import ArgumentParser, UsageError, run_cli
 from utils.runio import (append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text,
                          read_jsonl, write_config)
 
@@ -515,7 +514,7 @@ def default_cache_dir():
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Small DCGAN with the CE or RLO GAN loss (paper appendix A.5).")
+    p = ArgumentParser(description="Small DCGAN with the CE or RLO GAN loss (paper appendix A.5).")
     p.add_argument("--loss", type=str, default="rlo", choices=sorted(GAN_LOSSES), help="GAN loss")
     p.add_argument("--k", type=float, default=2.0, help="k of the rooted loss (paper: 2)")
     p.add_argument("--dataset", type=str, default="mnist5k", choices=sorted(DATASETS), help="training images")

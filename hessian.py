@@ -15,7 +15,6 @@ exact kappa_pos = lambda_max / smallest eigenvalue above 1e-6 lambda_max.
 """
 import utils.tv_compat  # noqa: F401  (must precede anything that imports torchvision: train.py models)
 
-import argparse
 import math
 import os
 
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 import losses
 from utils import hvp
-from utils.cli import UsageError, default_data_dir, require_file, run_cli
+from utils.cli import ArgumentParser, UsageError, default_data_dir, require_file, run_cli
 from utils.runio import atomic_write_json, atomic_write_text, write_config
 
 
@@ -261,7 +260,7 @@ def exact_fig_path(fig):
 
 # ---------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("checkpoints", nargs="+", help="synthetic.py models/*.pt or train.py checkpoints")
     p.add_argument("--rlo-loss", type=str, default="root", choices=sorted(losses.LOSSES),
                    help="the loss compared against ce in the verdicts (default: authors' code form)")

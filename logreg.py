@@ -13,7 +13,6 @@ of every objective at its optimum (Lemma 3.3), solved by Newton's method to a ti
     python logreg.py                       # all four datasets, writes results/table7.md and results/fig5_*.png
     python logreg.py --datasets wine --ks 3 5 --folds 3 --report /tmp/t7.md --fig-prefix /tmp/fig5_
 """
-import argparse
 import math
 import os
 
@@ -24,7 +23,7 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 import losses
-from utils.cli import UsageError, default_data_dir, require_file, run_cli
+from utils.cli import ArgumentParser, UsageError, default_data_dir, require_file, run_cli
 from utils.runio import atomic_write_json, atomic_write_text, write_config
 
 DTYPE = torch.float64
@@ -594,7 +593,7 @@ def hypothesis_line(results, ks):
             if fracs[0] is not None:
                 parts.append(f"{lab}{' L2' if tag else ' λ=0'} {100 * fracs[0]:.1f}% (k={ks[0]:g}) / "
                              f"{100 * fracs[1]:.1f}% (k={ks[-1]:g})")
-    return [f"- Lemma 3.2's hypothesis k <= 1 + exp(-y_i w*.x_i) (App. A.1) held, at LR's optimum, for this share "
+    return ["- Lemma 3.2's hypothesis k <= 1 + exp(-y_i w*.x_i) (App. A.1) held, at LR's optimum, for this share "
             "of rows: " + "; ".join(parts) + "."] if parts else []
 
 
@@ -635,7 +634,7 @@ def write_report(path, results, args):
 
 # ---------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS),
                    help="datasets to run (layouts: see README)")
     p.add_argument("--data-dir", type=str, default=None, help="folder holding <name>/ data (default: shared)")

@@ -9,7 +9,6 @@ MODEL is a hub id or a local save_pretrained directory. Offline, data comes from
 quant/datautils.py for the layout). Results print one line per evaluation set; --output-dir also writes
 config.json and results.json there.
 """
-import argparse
 import os
 import time
 
@@ -20,17 +19,13 @@ from quant import datautils, incoherence, rounding, saveload  # noqa: E402
 from quant.driver import QuantConfig, perplexity, quantize_model  # noqa: E402
 from quant.families import FAMILIES, MODEL_TYPES  # noqa: E402
 from quant.quantizers import QUANTIZERS  # noqa: E402
-from utils.cli import UsageError, default_data_dir, fail, run_cli  # noqa: E402
+from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli  # noqa: E402
 from utils.runio import atomic_write_json, write_config  # noqa: E402
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and status 2, not argparse's usage block
-        fail(message)
-
 
 def parse_args(argv=None, family="auto"):
-    p = _Parser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model", type=str, help="hub id or local directory of the model (e.g. facebook/opt-125m)")
     p.add_argument("dataset", type=str, choices=list(datautils.EVAL_SETS),
                    help="calibration data")

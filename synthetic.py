@@ -9,7 +9,6 @@ hessian.py.
     python synthetic.py                                   # results/synthetic.md, results/fig2_*.png
     python synthetic.py --depths 2 --seeds 0 --iters 20 --out-dir /tmp/syn --report /tmp/syn.md
 """
-import argparse
 import math
 import os
 
@@ -19,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 import losses
-from utils.cli import UsageError, run_cli
+from utils.cli import ArgumentParser, UsageError, run_cli
 from utils.runio import atomic_torch_save, atomic_write_json, atomic_write_text, write_config
 
 # Paper App. A.4.2: 2, 3, 4-layer FCNs trained 1000, 100, 50 iterations.
@@ -256,7 +255,7 @@ def write_report(args, records):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--depths", type=int, nargs="+", default=[2, 3, 4], help="number of linear layers")
     p.add_argument("--iters", type=int, default=None, help="iterations for every depth (default 1000/100/50)")
     p.add_argument("--losses", nargs="+", default=["ce", "root"], choices=sorted(losses.LOSSES),

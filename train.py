@@ -7,7 +7,6 @@ SIGINT/SIGTERM save a checkpoint and exit cleanly. Several GPUs: `torchrun --npr
 """
 import utils.tv_compat  # noqa: F401  (must come before anything imports torchvision)
 
-import argparse
 import math
 import os
 import random
@@ -24,7 +23,7 @@ import losses
 import models
 from utils import distributed as du
 from utils.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from utils.cli import UsageError, default_data_dir, fail, run_cli
+from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli
 from utils.datasets import DATASETS, build_datasets
 from utils.runio import append_jsonl, atomic_write_json, write_config
 
@@ -36,13 +35,9 @@ OPTIMIZERS = {
 EVAL_BATCH = 100  # the authors' test batch size
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line on stderr, exit status 2
-        fail(message)
-
 
 def parse_args(argv=None):
-    p = Parser(description="Train a vision model with the Rooted Logistic Objective (RLO) or a baseline loss.")
+    p = ArgumentParser(description="Train a vision model with the Rooted Logistic Objective (RLO) or a baseline loss.")
     p.add_argument("--lr", type=float, default=1e-4, help="learning rate")
     p.add_argument("--opt", type=str.lower, default="adam", choices=sorted(OPTIMIZERS), help="optimizer")
     p.add_argument("--resume", "-r", action="store_true", help="resume from <out>/checkpoint.pt")

@@ -9,7 +9,6 @@ the parameters' gradients. The loss and a gradient checksum show that the paths 
     python scripts/bench_ft_memory.py                      # writes results/bench_ft_memory.md
     python scripts/bench_ft_memory.py --layers 2 12 --losses root ce
 """
-import argparse
 import json
 import os
 import platform
@@ -24,29 +23,15 @@ import utils.tv_compat  # noqa: E402,F401  (transformers imports torchvision)
 import torch  # noqa: E402
 
 import losses  # noqa: E402
-from utils.cli import UsageError, fail, run_cli  # noqa: E402
+from utils.cli import ArgumentParser, UsageError, run_cli  # noqa: E402
+from utils.memory import peak_rss, reset_peak_rss  # noqa: E402
 from utils.runio import atomic_write_text  # noqa: E402
 
 OPT125M = dict(vocab_size=50272, hidden_size=768, word_embed_proj_dim=768, ffn_dim=3072, num_attention_heads=12,
                max_position_embeddings=2048, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
-# case -> (head, chunk size in tokens; None = losses.py's default of about 2^26 logits per chunk)
+# case -> (head, chunk size in tokens; None = losses.py's default of about 2^24 logits per chunk)
 CASES = {"plain logits": ("plain", None), "chunked, losses.py default chunk": ("chunked", None),
          "chunked, 256-token chunks (ft_opt default)": ("chunked", 256)}
-
-
-def _rss_now():
-    """Current RSS in bytes, after resetting the kernel's peak mark (VmHWM) to it."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_kb("VmRSS") * 1024
-
-
-def _status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def run_case(case, loss, layers, bs, block):
@@ -60,12 +45,12 @@ def run_case(case, loss, layers, bs, block):
     batch = ft_opt.collate([{"input_ids": row.tolist(), "labels": row.tolist()} for row in ids])
     capture = ft_opt.HiddenStates(model)
     form = losses.get_form(loss, k=5, m=5)
-    base = _rss_now()
+    base = reset_peak_rss()
     start = time.perf_counter()
     value = ft_opt.batch_loss(model, capture, batch, form, "mean", head=head, chunk_size=chunk)
     value.backward()
     seconds = time.perf_counter() - start
-    peak = _status_kb("VmHWM") * 1024 - base
+    peak = peak_rss() - base
     checksum = sum(float(p.grad.double().abs().sum()) for p in model.parameters() if p.grad is not None)
     return {"peak_bytes": peak, "loss": float(value), "grad_abs_sum": checksum, "seconds": seconds}
 
@@ -86,10 +71,10 @@ def write_report(path, rows, args, command):
              f"FFN {OPT125M['ffn_dim']}, {OPT125M['num_attention_heads']} heads and the number of decoder "
              f"layers in the table (opt-125m has 12), random init, float32. Batch {args.bs} x block {args.block} "
              f"({args.bs * (args.block - 1)} predicted tokens). Machine: {platform.machine()}, "
-             f"{os.cpu_count()} cores shared with other jobs, torch {torch.__version__}.", "",
+             f"{os.cpu_count()} cores, torch {torch.__version__}.", "",
              "Peak = rise of the peak RSS (VmHWM) during forward + backward of one step, in a fresh process "
              "per case, above the model and batch. It includes activations, logits, their gradients and the "
-             "parameters' gradients, not the optimizer state. Time is one step on a shared, loaded CPU "
+             "parameters' gradients, not the optimizer state. Time is a single step "
              "(indicative only).", "",
              "| layers | loss | path | peak (MiB) | vs plain | loss value | sum of abs(grad) | step time (s) |",
              "|---|---|---|---|---|---|---|---|"]
@@ -101,8 +86,7 @@ def write_report(path, rows, args, command):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.error = fail
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, nargs="+", default=[2, 12], help="OPT decoder layers (opt-125m: 12)")
     p.add_argument("--bs", type=int, default=8, help="sequences per step")
     p.add_argument("--block", type=int, default=256, help="tokens per sequence")

@@ -22,6 +22,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import losses  # noqa: E402
+from utils.memory import peak_rss, reset_peak_rss  # noqa: E402,F401  (peak_rss: read by the subprocess)
 
 SIZES = [(256, 10), (4096, 1000), (4096, 50272)]
 LINEAR = (4096, 768, 50272)  # tokens, hidden, vocab
@@ -53,7 +54,7 @@ def make_inputs(n, c, seed=0):
 def run_loss(case, n, c):
     x, t = make_inputs(n, c)
     x.requires_grad_(True)
-    base = _rss_now()
+    base = reset_peak_rss()
     loss_fn(case)(x, t).backward()
     return base
 
@@ -67,7 +68,7 @@ def linear_inputs(n, h, v, seed=0):
 
 def run_linear(case, n, h, v):
     hidden, weight, t = linear_inputs(n, h, v)
-    base = _rss_now()
+    base = reset_peak_rss()
     if case == "chunked":
         losses.linear_cross_loss(hidden, weight, t, loss="root", k=3, m=3).backward()
     else:
@@ -75,25 +76,10 @@ def run_linear(case, n, h, v):
     return base
 
 
-def _rss_now():
-    """Current RSS, after resetting the kernel's peak-RSS mark (VmHWM) to it."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_kb("VmRSS") * 1024
-
-
-def _status_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def peak_in_subprocess(kind, case, dims):
     """Peak bytes allocated above the inputs, measured in a fresh interpreter."""
     code = ("import sys, json; sys.path.insert(0, %r); import scripts.bench_losses as b; "
-            "base = b.%s(%r, *%r); print(json.dumps(b._status_kb('VmHWM') * 1024 - base))"
+            "base = b.%s(%r, *%r); print(json.dumps(b.peak_rss() - base))"
             % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), kind, case, tuple(dims)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

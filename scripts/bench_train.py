@@ -8,7 +8,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import utils.tv_compat  # noqa: F401,E402  (must come before anything imports torchvision)
 
-import argparse  # noqa: E402
 import copy  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -19,14 +18,14 @@ from tqdm import tqdm  # noqa: E402
 
 import losses  # noqa: E402
 import models  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import ArgumentParser, run_cli  # noqa: E402
 from utils.runio import atomic_write_text  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--net", type=str.lower, default="res18_mini", choices=list(models.MODELS))
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--bs", type=int, default=64)

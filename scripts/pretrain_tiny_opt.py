@@ -9,7 +9,6 @@ whichever comes first; DIR/checkpoint.pt (with the steps and seconds spent) is w
 
     python scripts/pretrain_tiny_opt.py --output-dir /work/artifacts/tiny-opt-wt2 --max-minutes 30
 """
-import argparse
 import math
 import os
 import sys
@@ -22,7 +21,7 @@ import utils.tv_compat  # noqa: E402,F401  (transformers imports torchvision)
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from utils.cli import UsageError, default_data_dir, fail, require_file, run_cli  # noqa: E402
+from utils.cli import ArgumentParser, UsageError, default_data_dir, require_file, run_cli  # noqa: E402
 from utils.lm_data import group_texts, load_splits  # noqa: E402
 from utils.runio import (append_jsonl, atomic_torch_save, atomic_write_json,  # noqa: E402
                          write_config)
@@ -37,8 +36,7 @@ SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0-3, as in OPT's tokenizer (b
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.error = fail  # argparse errors too: one `error: ...` line, exit status 2
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train-file", type=str, default=None,
                    help="training text (default: DATA_DIR/wikitext-2/train.txt)")
     p.add_argument("--validation-file", type=str, default=None,

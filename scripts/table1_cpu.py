@@ -13,14 +13,13 @@ sys.path.insert(0, REPO)
 
 import utils.tv_compat  # noqa: F401,E402  (must come before anything imports torchvision)
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import tarfile  # noqa: E402
 import time  # noqa: E402
 
 import train  # noqa: E402
-from utils.cli import UsageError, default_data_dir, run_cli  # noqa: E402
+from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli  # noqa: E402
 from utils.runio import atomic_write_text  # noqa: E402
 
 NETS = {  # CLI name -> (paper row, extra train.py flags)
@@ -64,7 +63,7 @@ CPU_SETTINGS = ("Adam lr 1e-3, cosine schedule, batch 64, no RandAugment (--noau
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tar", default=os.path.join(default_data_dir(), "cifar10-jpeg", "cifar10-jpeg.tar.gz"),
                    help="the packed JPEG CIFAR-10 (unpacked once into --cache)")
     p.add_argument("--cache", default=os.path.join(REPO, "runs", "cache"), help="where to unpack (outside git)")

@@ -16,7 +16,6 @@ linear continuation above losses.LOG_WEIGHT_CAP) when RLO_LOSS=rlo; k is RLO_K. 
 variables are read on every call, so switching needs no further edit; --k / --loss set the defaults
 used when they are unset. NVIDIA's file is never shipped: only the user's clone is edited.
 """
-import argparse
 import ast
 import os
 import re
@@ -26,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from losses import LOG_WEIGHT_CAP  # noqa: E402
-from utils.cli import UsageError, run_cli  # noqa: E402
+from utils.cli import ArgumentParser, UsageError, run_cli  # noqa: E402
 from utils.runio import atomic_write_bytes  # noqa: E402
 
 LOSS_CHOICES = ("rlo", "ce")
@@ -212,7 +211,7 @@ def revert(target):
 
 # --------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("path", metavar="PATH_TO_CLONE", type=str,
                    help="a clone of NVlabs/stylegan2-ada-pytorch or NVlabs/stylegan3 (or its training/loss.py)")
     p.add_argument("--k", type=float, default=2.0, help="default k of the rooted loss when RLO_K is unset (paper: 2)")

@@ -7,15 +7,6 @@ import torch
 
 import models
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared, oversubscribed CPU two spinning threads run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 REDUCED_DEPTH = {"vit_timm": 1}
 
 

@@ -16,15 +16,6 @@ AUTHORS = ["--wbits", "2", "--quant", "ldlqRG", "--incoh_processing"]
 FAST = ["--nsamples", "16", "--eval", "wikitext2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: a second intra-op thread only adds synchronisation (and on a shared machine, waits)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     torch.manual_seed(0)

@@ -5,15 +5,6 @@ import torch
 from quant import incoherence as I
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: a second intra-op thread only adds synchronisation (and on a shared machine, waits)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("kind", list(I.ORTHOGONALS))
 @pytest.mark.parametrize("n", [1, 2, 7, 12, 48, 64, 96])
 def test_orthogonal(kind, n):

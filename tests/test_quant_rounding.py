@@ -9,15 +9,6 @@ from quant.quantizers import QUANTIZERS
 METHODS = list(R.ROUNDERS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: a second intra-op thread only adds synchronisation (and on a shared machine, waits)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def correlated(d, seed=0, n=400, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     X = torch.randn(n, d, generator=g, dtype=dtype) @ torch.randn(d, d, generator=g, dtype=dtype)

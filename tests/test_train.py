@@ -17,15 +17,6 @@ from utils.checkpoint import KEYS, load_checkpoint
 from utils.cli import UsageError
 from utils.runio import read_jsonl
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on a shared, oversubscribed CPU two spinning threads run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dataset", "digits", "--net", "res18_mini", "--size", "8", "--bs", "16", "--subset", "48",
         "--test-subset", "32", "--workers", "0", "--lr", "1e-3", "--device", "cpu", "--threads", "1"]

@@ -1,4 +1,5 @@
 """User-facing errors: one clear line on stderr and exit status 2, never a traceback."""
+import argparse
 import os
 import sys
 
@@ -13,6 +14,13 @@ def fail(message):
     """Print `error: message` on stderr and exit with status 2."""
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (unknown flag, bad choice, bad type) are one `error:` line and status 2."""
+
+    def error(self, message):
+        fail(message)
 
 
 def run_cli(main, args):
