@@ -404,6 +404,7 @@ def main(args):
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        run = None  # free the DDP model (and its reducer) while the process group still exists
         du.cleanup()
 
 

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -150,7 +151,13 @@ def _ddp_worker(rank, world, port, out):
 
 def test_two_process_gloo_ddp(tmp_path):
     out = str(tmp_path / "ddp")
-    mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    ctx = mp.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=False)
+    deadline = time.monotonic() + 180  # a hung process group must fail the test, not stall CI
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("2-process gloo run did not finish within 180 s")
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     assert results["world_size"] == 2 and results["status"] == "finished"

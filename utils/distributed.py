@@ -1,6 +1,7 @@
 """torchrun / DistributedDataParallel helpers. Without torchrun (no WORLD_SIZE > 1 in the environment)
 everything degrades to a single process: rank 0 of 1, no process group."""
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -24,7 +25,11 @@ def init_distributed(device):
 
 
 def cleanup():
+    """Leave the process group. Drop every DDP model first. The short sleep releases the GIL so that
+    gloo's worker threads can free their finished work (which takes the GIL) before the group's
+    destructor waits for them; without it teardown deadlocked about one run in three."""
     if dist.is_initialized():
+        time.sleep(0.1)
         dist.destroy_process_group()
 
 
