@@ -8,13 +8,14 @@ when a file is missing and HF_HUB_OFFLINE is not set:
     c4/c4_validation_2k.jsonl
 """
 import hashlib
-import json
 import os
 import random
 
 import torch
 
 from utils.cli import UsageError
+from utils.lm_data import hub_offline, read_texts
+from utils.runio import atomic_torch_save
 
 LAYOUT = ("DATA_DIR/wikitext-2-raw/wiki.test.raw, DATA_DIR/wikitext-2/{train,test}.txt, "
           "DATA_DIR/ptb/ptb.{train,test}.txt, DATA_DIR/c4/c4_validation_2k.jsonl")
@@ -31,13 +32,8 @@ def _missing(what, data_dir):
                       "(or unset HF_HUB_OFFLINE to download)")
 
 
-def _offline():
-    return any(os.environ.get(v, "0") not in ("", "0")
-               for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def _hub(name, config, split, column, data_dir):
-    if _offline():
+    if hub_offline():
         raise _missing(f"{name} {split}", data_dir)
     import datasets
     try:
@@ -48,19 +44,14 @@ def _hub(name, config, split, column, data_dir):
                          f"({first}); expected the layout {LAYOUT}") from None
 
 
-def _lines(path):
-    with open(path, encoding="utf-8") as f:
-        return f.readlines()
-
-
 def wikitext2_test_rows(data_dir):
     """HF wikitext-2-raw-v1 test rows: '' at the blank lines of the tokenized test.txt, the raw lines
     (which skip blanks, see that folder's PROVENANCE.md) in order everywhere else."""
     raw, tok = _path(data_dir, "wikitext-2-raw/wiki.test.raw"), _path(data_dir, "wikitext-2/test.txt")
     if raw is None or tok is None:
         return _hub("wikitext", "wikitext-2-raw-v1", "test", "text", data_dir)
-    raw_lines = iter(_lines(raw))
-    rows = ["" if not line.strip() else next(raw_lines) for line in _lines(tok)]
+    raw_lines = iter(read_texts(raw))
+    rows = ["" if not line.strip() else next(raw_lines) for line in read_texts(tok)]
     if next(raw_lines, None) is not None:
         raise UsageError(f"{raw} does not align with the non-blank lines of {tok}")
     return rows
@@ -71,14 +62,14 @@ def wikitext2_train_rows(data_dir):
     path = _path(data_dir, "wikitext-2/train.txt")
     if path is None:
         return _hub("wikitext", "wikitext-2-raw-v1", "train", "text", data_dir)
-    return ["" if not line.strip() else line for line in _lines(path)]
+    return ["" if not line.strip() else line for line in read_texts(path)]
 
 
 def ptb_rows(data_dir, split):
     path = _path(data_dir, f"ptb/ptb.{split}.txt")
     if path is None:
         return _hub("ptb_text_only", "penn_treebank", split, "sentence", data_dir)
-    return [line.strip() for line in _lines(path)]
+    return [line.strip() for line in read_texts(path)]
 
 
 def c4_docs(data_dir):
@@ -86,8 +77,7 @@ def c4_docs(data_dir):
     path = _path(data_dir, "c4/c4_validation_2k.jsonl")
     if path is None:
         raise _missing("c4 validation sample", data_dir)
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
+    return read_texts(path)
 
 
 def eval_text(name, data_dir):
@@ -112,10 +102,7 @@ def tokenize(text, tokenizer, cache_dir=None):
     if os.path.exists(path):
         return torch.load(path, weights_only=True)
     ids = tokenizer(text, return_tensors="pt").input_ids
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    torch.save(ids, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(ids, path)
     return ids
 
 

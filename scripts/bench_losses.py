@@ -23,6 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import losses  # noqa: E402
 from utils.memory import peak_rss, reset_peak_rss  # noqa: E402,F401  (peak_rss: read by the subprocess)
+from utils.runio import atomic_write_text  # noqa: E402
 
 SIZES = [(256, 10), (4096, 1000), (4096, 50272)]
 LINEAR = (4096, 768, 50272)  # tokens, hidden, vocab
@@ -163,9 +164,7 @@ def write_report(path, rows, linear_rows, dims, repeats, command):
               "| path | time (ms) | time ratio | peak memory (MiB) | memory ratio |", "|---|---|---|---|---|"]
     for case, t, rt, m, rm in linear_rows:
         lines.append(f"| {case} | {t:,.1f} | {rt:.2f} | {m} | {rm:.2f} |")
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def parse_args(argv=None):

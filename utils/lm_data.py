@@ -47,13 +47,14 @@ def read_texts(path):
             raise UsageError(f"{path}: not a JSON-lines file with a 'text' field ({err})") from None
 
 
-def _offline():
+def hub_offline():
+    """True when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE forbids going to the hub."""
     return any(os.environ.get(v, "0") not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 def check_available(name, data_dir, split):
     """Fail early (UsageError) when a split is neither under data_dir nor reachable on the hub."""
-    if not os.path.exists(os.path.join(data_dir, LAYOUTS[name][split])) and _offline():
+    if not os.path.exists(os.path.join(data_dir, LAYOUTS[name][split])) and hub_offline():
         raise UsageError(f"{name} {split} split not found locally (expected {layout_hint(name)}) "
                          "and HF_HUB_OFFLINE is set")
 
