@@ -175,16 +175,15 @@ class Run:
     def state(self, rng=None):
         return dict(model=self.net.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
-                    step=self.step, best_acc=self.best_acc, rng=rng or rng_state(), args=vars(self.args),
-                    partial=self.partial)
+                    step=self.step, best_acc=self.best_acc, rng=rng or rng_state(), partial=self.partial)
 
     def save(self, name="checkpoint.pt"):
         if self.main:
-            save_checkpoint(self.checkpoint_path(name), **self.state())
+            save_checkpoint(self.checkpoint_path(name), "train", vars(self.args), **self.state())
 
     def restore(self, path):
-        state = load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
-        saved = state.get("args", {})
+        state = load_checkpoint(path, map_location="cpu", kind="train")  # RNG states must stay on the CPU
+        saved = state["config"]
         for key in ("net", "dataset", "loss"):
             if key in saved and saved[key] != getattr(self.args, key):
                 raise UsageError(f"{path} was trained with --{key} {saved[key]}, not {getattr(self.args, key)}")

@@ -14,7 +14,9 @@ import torch.multiprocessing as mp
 
 import train
 from tests import fake_data
-from utils.checkpoint import KEYS, load_checkpoint
+from utils.checkpoint import load_checkpoint
+
+KEYS = ("kind", "config", "model", "optimizer", "scheduler", "scaler", "epoch", "best_acc", "rng")
 from utils.cli import UsageError
 from utils.runio import read_jsonl
 
@@ -46,7 +48,7 @@ def test_end_to_end_writes_run_directory(tmp_path):
         assert json.load(f)["net"] == "res18_mini"
     ckpt = load_checkpoint(os.path.join(out, "checkpoint.pt"))
     assert set(KEYS) <= set(ckpt) and ckpt["epoch"] == 2
-    assert {"net", "dataset", "size", "patch", "dimhead", "loss", "k", "m", "data_dir"} <= set(ckpt["args"])
+    assert {"net", "dataset", "size", "patch", "dimhead", "loss", "k", "m", "data_dir"} <= set(ckpt["config"])
     assert os.path.exists(os.path.join(out, "best.pt"))
     evaluated = train.main(train.parse_args([*TINY, "--out", out, "--eval-only", "--resume", "--loss", "root",
                                              "--k", "8", "--m", "10"]))

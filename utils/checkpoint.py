@@ -1,10 +1,17 @@
-"""The one checkpoint format and its save/load helpers.
+"""The one checkpoint format and its save/load helpers, used by every script that saves a model.
 
-A checkpoint is a dict saved with torch.save (written atomically): 'model' (state dict, unwrapped from DDP),
-'optimizer', 'scheduler', 'scaler', 'epoch' (epochs completed), 'best_acc', 'rng' (see rng_state), 'args'
-(vars(args) of train.py: net, dataset, size, patch, dimhead, loss, k, m, data_dir, ...), and 'partial'
-(None, or the progress inside an interrupted epoch). train.py writes <out>/checkpoint.pt every epoch and
-<out>/best.pt whenever validation accuracy improves.
+A checkpoint is a dict saved with torch.save (written atomically) with two keys every checkpoint has:
+- 'kind': which script wrote it and so how to rebuild the model ('train', 'gan', 'synthetic', 'pretrain_lm',
+  'prune', ...);
+- 'config': the settings that rebuild the model and identify the run (for train.py: net, dataset, size, patch,
+  dimhead, loss, k, m, data_dir, ...);
+and, by kind, the state: 'model' (state dict, unwrapped from DDP), 'optimizer', 'scheduler', 'scaler', 'epoch'
+(epochs completed), 'step', 'best_acc', 'rng' (see rng_state), 'partial' (None, or the progress inside an
+interrupted epoch), or several named state dicts (a GAN's 'G' and 'D'). train.py writes <out>/checkpoint.pt every
+epoch and <out>/best.pt whenever validation accuracy improves.
+
+Checkpoints written before 'kind' existed (train.py's, with an 'args' key) load as kind 'train' with
+config = args.
 """
 import pickle
 import random
@@ -16,25 +23,32 @@ import torch
 from utils.cli import UsageError
 from utils.runio import atomic_torch_save
 
-KEYS = ("model", "optimizer", "scheduler", "scaler", "epoch", "best_acc", "rng", "args")
-
-
-def save_checkpoint(path, **state):
-    """Write `state` (the keys above) atomically to `path`."""
-    atomic_torch_save(state, path)
+def save_checkpoint(path, kind, config, **state):
+    """Write {'kind', 'config', **state} atomically to `path`."""
+    if not isinstance(kind, str) or not isinstance(config, dict):
+        raise TypeError("save_checkpoint needs a kind (str) and a config (dict)")
+    atomic_torch_save(dict(state, kind=kind, config=config), path)
     return path
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Load a checkpoint dict; UsageError (one line, exit 2) if the file is missing or not a checkpoint."""
+def load_checkpoint(path, map_location="cpu", kind=None):
+    """Load a checkpoint dict (with 'kind' and 'config'); UsageError (one line, exit 2) if the file is missing,
+    not a checkpoint, or of another kind than `kind` (a str or a tuple of accepted kinds)."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"checkpoint {path} not found") from None
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise UsageError(f"checkpoint {path} is corrupt or not a torch file ({type(err).__name__})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise UsageError(f"{path} is not a train.py checkpoint (no 'model' entry)")
+    if not isinstance(state, dict):
+        raise UsageError(f"{path} is not a checkpoint of this project (not a dict)")
+    if "kind" not in state:
+        if "args" not in state or "model" not in state:
+            raise UsageError(f"{path} is not a checkpoint of this project (no 'kind' entry)")
+        state = dict(state, kind="train", config=state["args"])  # written before 'kind' existed
+    accepted = (kind,) if isinstance(kind, str) else kind
+    if accepted and state["kind"] not in accepted:
+        raise UsageError(f"{path} is a '{state['kind']}' checkpoint; expected {' or '.join(accepted)}")
     return state
 
 

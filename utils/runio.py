@@ -9,8 +9,6 @@ import os
 import subprocess
 import tempfile
 
-import torch
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -69,6 +67,7 @@ def atomic_torch_save(obj, path):
     mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
     os.close(fd)
+    import torch  # here, not at module level: scripts that never save a tensor stay light to import
     try:
         torch.save(obj, tmp)
         os.chmod(tmp, mode)
@@ -88,10 +87,19 @@ def append_jsonl(path, record):
 
 
 def read_jsonl(path):
+    """Records of a JSONL file; a torn last line (a crash while writing it) is dropped, not an error."""
     if not os.path.exists(path):
         return []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return out
 
 
 def write_config(run_dir, args):
@@ -100,3 +108,157 @@ def write_config(run_dir, args):
     config["git_commit"] = git_commit()
     atomic_write_json(os.path.join(run_dir, "config.json"), config)
     return config
+
+
+# ----- the run directory ----------------------------------------------------------------------------------------
+RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "checkpoint.pt")
+
+
+def versions():
+    """Versions of the libraries that decide the numbers (read from package metadata: no heavy imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in ("torch", "transformers", "torchvision", "timm", "peft", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def set_threads(n):
+    """--threads: CPU threads for torch (0 keeps torch's default). The one place that handles the flag."""
+    import torch as _torch
+    if n and n > 0:
+        _torch.set_num_threads(n)
+    return _torch.get_num_threads()
+
+
+def add_run_args(parser, default_out="a name built from the settings, under runs/"):
+    """--out, --resume, --overwrite and --threads, the same in every entry script."""
+    parser.add_argument("--out", default=None, help=f"run directory (default: {default_out})")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="move an existing run in --out aside (to OUT.old-TIMESTAMP) and start afresh")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (0: torch's default; 1 is much faster on an oversubscribed CPU)")
+    return parser
+
+
+def holds_run(path):
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in RUN_FILES)
+
+
+class RunDir:
+    """One run directory: config.json (arguments, argv, git commit, versions, threads), metrics.jsonl (one line
+    per epoch or evaluation), results.json (final numbers), and whatever checkpoints the script keeps there.
+
+    A directory that holds a run is never silently replaced: without resume it is refused (UsageError naming
+    --resume and --overwrite); with overwrite the old run is moved aside to PATH.old-TIMESTAMP; with resume the
+    saved config must agree on the `defining` keys (what defines the run), else UsageError naming the difference.
+    A lock file keeps two processes out of one directory. OS errors (read-only, full disk, a file in the way)
+    become one-line UsageErrors.
+    """
+
+    def __init__(self, path, config, resume=False, overwrite=False, defining=(), main_process=True):
+        from utils.cli import UsageError
+        self.path, self.main = path, main_process
+        self._lock = None
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UsageError(f"run directory {path} exists and is not a directory")
+        exists = holds_run(path)
+        if resume and not exists:
+            raise UsageError(f"--resume: {path} holds no run to resume")
+        self.saved_config = self.read_json("config.json") if exists else None
+        if exists and resume and self.saved_config is not None:
+            self._check_same(config, defining)
+        if main_process:
+            try:
+                if exists and not resume:
+                    if not overwrite:
+                        raise UsageError(f"{path} already holds a run; pass --resume to continue it or "
+                                         "--overwrite to move it aside and start afresh")
+                    import time
+                    aside = f"{path.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+                    os.replace(path, aside)
+                    print(f"moved the old run in {path} aside to {aside}", flush=True)
+                os.makedirs(path, exist_ok=True)
+                self._acquire_lock()
+                self.config = self._write_config(config, resume and exists)
+            except OSError as err:
+                raise UsageError(f"cannot write run directory {path}: {err.strerror or err}") from None
+        else:
+            self.config = dict(config)
+
+    def _check_same(self, config, defining):
+        from utils.cli import UsageError
+        diffs = [f"--{key} {self.saved_config.get(key)!r} (saved) vs {config.get(key)!r} (now)"
+                 for key in defining if key in self.saved_config and self.saved_config.get(key) != config.get(key)]
+        if diffs:
+            raise UsageError(f"cannot resume {self.path}: it was run with other settings: " + "; ".join(diffs))
+
+    def _acquire_lock(self):
+        import fcntl
+        from utils.cli import UsageError
+        self._lock = open(os.path.join(self.path, ".lock"), "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise UsageError(f"{self.path} is in use by another process") from None
+
+    def release(self):
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def _write_config(self, config, resuming):
+        import sys
+        record = dict(config)
+        if resuming and self.saved_config is not None:
+            record = dict(self.saved_config)
+            record.setdefault("resumes", []).append({"argv": sys.argv, "git_commit": git_commit()})
+        else:
+            record.update(argv=sys.argv, git_commit=git_commit(), versions=versions(),
+                          threads=_torch_threads())
+        atomic_write_json(self.file("config.json"), record)
+        return record
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def read_json(self, name):
+        try:
+            with open(self.file(name), encoding="utf-8") as f:
+                return json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def log(self, record):
+        """Append one line to metrics.jsonl (main process only)."""
+        if self.main:
+            append_jsonl(self.file("metrics.jsonl"), record)
+
+    def metrics(self):
+        return read_jsonl(self.file("metrics.jsonl"))
+
+    def trim_metrics(self, keep):
+        """Keep only the metric lines for which keep(record) is true (e.g. epochs up to the checkpoint's)."""
+        records = self.metrics()
+        kept = [r for r in records if keep(r)]
+        if len(kept) != len(records) and self.main:
+            atomic_write_text(self.file("metrics.jsonl"),
+                              "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in kept))
+        return kept
+
+    def finish(self, results, name="results.json"):
+        if self.main:
+            atomic_write_json(self.file(name), results)
+        return results
+
+
+def _torch_threads():
+    import sys
+    torch_mod = sys.modules.get("torch")
+    return torch_mod.get_num_threads() if torch_mod is not None else None
