@@ -29,18 +29,23 @@ from utils.runio import atomic_write_text  # noqa: E402
 
 OPT125M = dict(vocab_size=50272, hidden_size=768, word_embed_proj_dim=768, ffn_dim=3072, num_attention_heads=12,
                max_position_embeddings=2048, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+MMAP_THRESHOLD = 1 << 17  # bytes
 # case -> (head, chunk size in tokens; None = losses.py's default of about 2^24 logits per chunk)
 CASES = {"plain logits": ("plain", None), "chunked, losses.py default chunk": ("chunked", None),
          "chunked, 256-token chunks (ft_opt default)": ("chunked", 256)}
 
 
-def run_case(case, loss, layers, bs, block):
-    """One training step's forward + backward in this process; returns peak rise, loss, checksum, time."""
+def run_case(case, loss, layers, bs, block, checkpointing=False):
+    """One training step's forward + backward in this process; returns peak rise, loss, checksum, time.
+    With checkpointing, transformers' own gradient checkpointing recomputes each decoder layer in backward."""
     import ft_opt
     from transformers import OPTConfig, OPTForCausalLM
     head, chunk = CASES[case]
     torch.manual_seed(0)
-    model = OPTForCausalLM(OPTConfig(num_hidden_layers=layers, **OPT125M))
+    model = OPTForCausalLM(OPTConfig(num_hidden_layers=layers, use_cache=False, **OPT125M))
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()  # transformers checkpoints only in training mode (dropout is 0 here)
     ids = torch.randint(4, OPT125M["vocab_size"], (bs, block), generator=torch.Generator().manual_seed(1))
     batch = ft_opt.collate([{"input_ids": row.tolist(), "labels": row.tolist()} for row in ids])
     capture = ft_opt.HiddenStates(model)
@@ -55,10 +60,13 @@ def run_case(case, loss, layers, bs, block):
     return {"peak_bytes": peak, "loss": float(value), "grad_abs_sum": checksum, "seconds": seconds}
 
 
-def in_subprocess(case, loss, layers, bs, block):
+def in_subprocess(case, loss, layers, bs, block, checkpointing):
     code = (f"import sys, json; sys.path.insert(0, {REPO!r}); import scripts.bench_ft_memory as b; "
-            f"print(json.dumps(b.run_case({case!r}, {loss!r}, {layers}, {bs}, {block})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+            f"print(json.dumps(b.run_case({case!r}, {loss!r}, {layers}, {bs}, {block}, {checkpointing})))")
+    # Large blocks straight from mmap: glibc then returns freed tensors to the OS at once, so the peak RSS tracks
+    # the peak of live tensor bytes instead of also counting freed memory the heap keeps for reuse.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"case {case} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -73,13 +81,18 @@ def write_report(path, rows, args, command):
              f"({args.bs * (args.block - 1)} predicted tokens). Machine: {platform.machine()}, "
              f"{os.cpu_count()} cores, torch {torch.__version__}.", "",
              "Peak = rise of the peak RSS (VmHWM) during forward + backward of one step, in a fresh process "
-             "per case, above the model and batch. It includes activations, logits, their gradients and the "
+             f"per case (with MALLOC_MMAP_THRESHOLD_={MMAP_THRESHOLD}, so freed tensors leave the RSS at once), "
+             "above the model and batch. It includes activations, logits, their gradients and the "
              "parameters' gradients, not the optimizer state. Time is a single step "
              "(indicative only).", "",
-             "| layers | loss | path | peak (MiB) | vs plain | loss value | sum of abs(grad) | step time (s) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for layers, loss, case, r, ratio in rows:
-        lines.append(f"| {layers} | {loss} | {case} | {r['peak_bytes'] / 2**20:,.0f} | {ratio:.2f} "
+             "Gradient checkpointing: transformers' own (`gradient_checkpointing_enable`, non-reentrant), the "
+             "same as ft_opt.py --gradient-checkpointing; 'vs plain' compares with the plain-logits path at the "
+             "same checkpointing setting.", "",
+             "| layers | loss | checkpointing | path | peak (MiB) | vs plain | loss value | sum of abs(grad) "
+             "| step time (s) |", "|---|---|---|---|---|---|---|---|---|"]
+    for layers, loss, ckpt, case, r, ratio in rows:
+        lines.append(f"| {layers} | {loss} | {'on' if ckpt else 'off'} | {case} | {r['peak_bytes'] / 2**20:,.0f} "
+                     f"| {ratio:.2f} "
                      f"({(1 - ratio) * 100:+.0f}% saved) | {r['loss']:.6f} | {r['grad_abs_sum']:.6e} | "
                      f"{r['seconds']:.1f} |".replace("(+", "(").replace("(-", "(-"))
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -92,6 +105,8 @@ def parse_args(argv=None):
     p.add_argument("--block", type=int, default=256, help="tokens per sequence")
     p.add_argument("--losses", nargs="+", default=["root", "ce"], choices=["ce", "root", "root_paper", "focal"],
                    help="training objectives to measure")
+    p.add_argument("--checkpointing", nargs="+", default=["off", "on"], choices=["off", "on"],
+                   help="gradient checkpointing settings to measure")
     p.add_argument("--out", type=str, default="results/bench_ft_memory.md", help="markdown report")
     return p.parse_args(argv)
 
@@ -102,12 +117,13 @@ def main(args):
     rows = []
     for layers in args.layers:
         for loss in args.losses:
-            plain = None
-            for case in CASES:
-                r = in_subprocess(case, loss, layers, args.bs, args.block)
-                plain = plain or r
-                rows.append((layers, loss, case, r, r["peak_bytes"] / plain["peak_bytes"]))
-                print(layers, loss, case, json.dumps(r), flush=True)
+            for ckpt in (c == "on" for c in args.checkpointing):
+                plain = None
+                for case in CASES:
+                    r = in_subprocess(case, loss, layers, args.bs, args.block, ckpt)
+                    plain = plain or r
+                    rows.append((layers, loss, ckpt, case, r, r["peak_bytes"] / plain["peak_bytes"]))
+                    print(layers, loss, ckpt, case, json.dumps(r), flush=True)
     command = "python scripts/bench_ft_memory.py " + " ".join(
         f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out")
     write_report(args.out, rows, args, command)
