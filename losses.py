@@ -634,6 +634,10 @@ class LossSpec:
     def ce_shaped(self):
         return self.form is not None
 
+    @property
+    def takes_probabilities(self):  # probability (soft) targets, e.g. from Mixup/CutMix
+        return "label_smoothing" in self.options
+
 
 SPECS = {
     "ce": LossSpec(cross_entropy, (), ce_form, source="cross-entropy, as F.cross_entropy"),
