@@ -278,7 +278,8 @@ class _Batch:
         valid = self.valid()
         if self.weight is None:
             return valid.sum().to(dtype)
-        return torch.where(valid, self.weight.to(dtype)[self.safe_index()], torch.zeros(1, dtype=dtype)).sum()
+        wy = self.weight.to(dtype)[self.safe_index()]
+        return torch.where(valid, wy, torch.zeros_like(wy)).sum()
 
 
 def _softcapped(x, softcap):
@@ -386,20 +387,20 @@ def _plain_rows(logits, batch, form, cap):
     return _rows(x, batch, form, cap)[3]
 
 
-def _make_batch(x, t, ignore_index, weight, label_smoothing, z_loss, softcap):
+def _make_batch(num_classes, t, ignore_index, weight, label_smoothing, z_loss, softcap):
     soft = t.dtype.is_floating_point
     if soft:
         _check_soft(t)
     else:
-        _check_targets(t, x.shape[1], ignore_index)
-    _check_class_weight(weight, x.shape[1])
+        _check_targets(t, num_classes, ignore_index)
+    _check_class_weight(weight, num_classes)
     if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
         raise ValueError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
     _check_finite("z_loss", z_loss, 0)
     if softcap is not None:
         _check_positive("softcap", softcap)
     if weight is not None:
-        weight = weight.to(device=x.device)
+        weight = weight.to(device=t.device)
     return _Batch(index=None if soft else t, soft=t if soft else None, weight=weight,
                   smoothing=float(label_smoothing), ignore_index=ignore_index, z_loss=float(z_loss),
                   softcap=softcap)
@@ -417,7 +418,7 @@ def logprob_loss(logits, target, form, reduction="mean", ignore_index=-100, fuse
     """
     _check_reduction(reduction)
     x, t, shape = _flatten(logits, target)
-    batch = _make_batch(x, t, ignore_index, weight, label_smoothing, z_loss, softcap)
+    batch = _make_batch(x.shape[1], t, ignore_index, weight, label_smoothing, z_loss, softcap)
     cap = log_weight_cap(x.dtype)
     per_item = (_FusedLogProbLoss.apply(x, batch, form, cap) if fused else _plain_rows(x, batch, form, cap))
     if token_weight is not None:
@@ -478,7 +479,8 @@ def square_loss(logits, target, reduction="mean", ignore_index=-100):
     valid = _hard_only(x, t, ignore_index, "square")
     x = x.to(_compute_dtype(x.dtype))
     onehot = F.one_hot(torch.where(valid, t, torch.zeros_like(t)), x.shape[1]).to(x.dtype)
-    per_item = torch.where(valid, (x - onehot).pow(2).mean(-1), torch.zeros(1, dtype=x.dtype))
+    per = (x - onehot).pow(2).mean(-1)
+    per_item = torch.where(valid, per, torch.zeros_like(per))
     return _reduce(per_item, valid.sum().to(x.dtype), reduction, shape)
 
 
@@ -880,8 +882,7 @@ def linear_cross_loss(hidden, weight, target, bias=None, loss="ce", reduction="m
     form = loss if isinstance(loss, LogProbForm) else get_form(loss, **hyper)
     _check_linear_shapes(hidden, weight, target)
     t = target if target.dtype.is_floating_point else target.long()
-    batch = _make_batch(torch.empty(0, weight.shape[0], device=hidden.device), t, ignore_index, class_weight,
-                        label_smoothing, z_loss, softcap)
+    batch = _make_batch(weight.shape[0], t, ignore_index, class_weight, label_smoothing, z_loss, softcap)
     _check_token_weight(token_weight, hidden.shape[:1])
     cap = log_weight_cap(hidden.dtype)
     dtype = _compute_dtype(hidden.dtype)
