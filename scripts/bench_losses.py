@@ -236,7 +236,9 @@ def parse_args(argv=None):
     p.add_argument("--cases", nargs="+", default=None, choices=CASES + COMPILED, metavar="CASE",
                    help=f"cases to run (default: all that fit the size); from {CASES + COMPILED}")
     p.add_argument("--no-linear", action="store_true", help="skip the chunked linear + loss section")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the report's command line
+    return args
 
 
 def main(args):
@@ -247,7 +249,7 @@ def main(args):
     rows = bench_losses(sizes, args.repeats, args.cases)
     linear_rows = [] if args.no_linear else bench_linear(dims, args.repeats)
     print(linear_rows, flush=True)
-    command = " ".join(["python scripts/bench_losses.py", *map(shlex.quote, sys.argv[1:])])
+    command = " ".join(["python scripts/bench_losses.py", *map(shlex.quote, args.argv)])
     write_report(args.out, rows, linear_rows, dims, args.repeats, command)
     print(f"wrote {args.out}")
 
