@@ -7,6 +7,7 @@ SIGINT/SIGTERM save a checkpoint and exit cleanly. Several GPUs: `torchrun --npr
 """
 import utils.tv_compat  # noqa: F401  (must come before anything imports torchvision)
 
+import functools
 import math
 import os
 import random
@@ -57,6 +58,10 @@ def parse_args(argv=None):
     p.add_argument("--m", type=float, default=3.0, help="RLO m (loss 'root')")
     p.add_argument("--alpha", type=float, default=0.25, help="focal alpha")
     p.add_argument("--gamma", type=float, default=3.0, help="focal gamma")
+    p.add_argument("--mixup", type=float, default=0.0,
+                   help="timm Mixup alpha (0: off); the loss gets the mixed soft targets")
+    p.add_argument("--cutmix", type=float, default=0.0,
+                   help="timm CutMix alpha (0: off); with --mixup, timm switches between the two per batch")
     p.add_argument("--k-schedule", type=str.lower, default="constant", choices=losses.K_SCHEDULES,
                    help="k per epoch: constant, linear (k + step*e), exp (k*rate^e), exp_max (capped)")
     p.add_argument("--k-step", type=float, default=1.0, help="linear schedule: k increase per epoch")
@@ -90,6 +95,10 @@ def check_args(args):
             raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
     if not (math.isfinite(args.lr) and args.lr > 0):
         raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
+    if not (args.mixup >= 0 and args.cutmix >= 0):
+        raise UsageError(f"--mixup and --cutmix must be >= 0, got {args.mixup} and {args.cutmix}")
+    if (args.mixup or args.cutmix) and not losses.SPECS[args.loss].takes_probabilities:
+        raise UsageError(f"--mixup/--cutmix need a loss that takes probability targets; {args.loss!r} does not")
     try:
         make_loss(args, args.k)
         return losses.KSchedule(args.k_schedule, args.k, args.k_step, args.k_rate, args.k_max)
@@ -99,6 +108,24 @@ def check_args(args):
 
 def make_loss(args, k):
     return losses.get_loss(args.loss, k=k, m=args.m, alpha=args.alpha, gamma=args.gamma)
+
+
+@functools.lru_cache(maxsize=None)
+def _mixer(mixup, cutmix, num_classes):
+    from timm.data import Mixup
+    return Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=0.0, num_classes=num_classes)
+
+
+def mix_batch(args, inputs, targets, num_classes):
+    """timm's Mixup/CutMix in place on an even number of images; soft (N, C) targets for the loss.
+
+    timm mixes a batch with its flip and needs an even size: an odd batch's last image stays unmixed.
+    """
+    soft = torch.nn.functional.one_hot(targets, num_classes).float()
+    n = len(inputs) - len(inputs) % 2
+    if n:
+        inputs[:n], soft[:n] = _mixer(args.mixup, args.cutmix, num_classes)(inputs[:n], targets[:n])
+    return inputs, soft
 
 
 def default_out(args):
@@ -233,9 +260,12 @@ def train_step(run, loss_fn, inputs, targets):
     """Forward, loss, NaN/inf check, backward and optimizer step; returns (loss, correct)."""
     inputs = inputs.to(run.device, non_blocking=True)
     targets = targets.to(run.device, non_blocking=True)
+    loss_targets = targets
+    if run.args.mixup or run.args.cutmix:
+        inputs, loss_targets = mix_batch(run.args, inputs, targets, run.info["num_classes"])
     with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype is not None):
         outputs = run.model(inputs)
-    loss = loss_fn(outputs.float(), targets)
+    loss = loss_fn(outputs.float(), loss_targets)
     value = loss.item()
     if not all(math.isfinite(v) for v in du.all_reduce_sum([value], run.device)):
         raise UsageError(f"loss became {value} at epoch {run.epoch + 1}, step {run.step + 1} (lower --lr, or "

@@ -1,8 +1,10 @@
 """Benchmark every loss in losses.py against F.cross_entropy: time and peak memory of forward+backward.
 
-Time is the median of --repeats runs in this process. Peak memory is measured in a fresh subprocess per
-case as the rise of the peak resident set size (VmHWM, reset once the inputs exist), so it
-counts everything the loss and its backward allocate (including the gradient of the logits).
+The cases of one size are timed interleaved (one run of each per round, --repeats rounds) in this process,
+so their ratios to F.cross_entropy compare runs made moments apart; torch.compile(F.cross_entropy) is a
+column at the largest size. Peak memory is measured in a fresh subprocess per case as the rise of the peak
+resident set size (VmHWM, reset once the inputs exist), so it counts everything the loss and its backward
+allocate (including the gradient of the logits).
 
     python scripts/bench_losses.py                     # writes results/bench_losses.md
     python scripts/bench_losses.py --quick             # small sizes only, for a smoke run
@@ -11,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -27,8 +30,13 @@ from utils.runio import atomic_write_text  # noqa: E402
 
 SIZES = [(256, 10), (4096, 1000), (4096, 50272)]
 LINEAR = (4096, 768, 50272)  # tokens, hidden, vocab
-CASES = ["F.cross_entropy", "ce", "root", "root_paper", "focal", "square", "sparsemax",
-         "root (plain autograd)", "root (softmax-then-pow)"]
+CASES = ["F.cross_entropy", "ce", "root", "root_paper", "focal", "gce", "poly1", "taylor_ce",
+         "root, label_smoothing=0.1", "root, soft targets", "root (plain autograd)", "root (softmax-then-pow)",
+         "square", "sparsemax", "bitempered"]
+SLOW = {"square", "sparsemax", "bitempered"}  # seconds per step at a 50k vocabulary: small sizes only
+COMPILED = ["F.cross_entropy (torch.compile)", "root (plain autograd, torch.compile)"]
+COMPILE_SIZES = {(4096, 50272)}  # each size compiles anew (about 1-2 minutes of CPU each here)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def authors_root(logits, target, k=3.0, m=3.0):
@@ -38,25 +46,42 @@ def authors_root(logits, target, k=3.0, m=3.0):
 
 
 def loss_fn(case):
-    if case == "F.cross_entropy":
-        return F.cross_entropy
-    if case == "root (plain autograd)":
-        return lambda x, t: losses.root_loss(x, t, fused=False)
-    if case == "root (softmax-then-pow)":
-        return authors_root
-    return losses.get_loss(case, k=3, m=3)
+    """f(logits, target, soft) for one benchmark case."""
+    plain = {"F.cross_entropy": F.cross_entropy, "root (softmax-then-pow)": authors_root,
+             "root (plain autograd)": lambda x, t: losses.root_loss(x, t, fused=False),
+             "root, label_smoothing=0.1": lambda x, t: losses.root_loss(x, t, label_smoothing=0.1),
+             "F.cross_entropy (torch.compile)": torch.compile(F.cross_entropy) if case in COMPILED else None,
+             "root (plain autograd, torch.compile)":
+                 torch.compile(lambda x, t: losses.root_loss(x, t, fused=False)) if case in COMPILED else None}
+    if case == "root, soft targets":
+        return lambda x, t, soft: losses.root_loss(x, soft)
+    f = plain[case] if case in plain else losses.get_loss(case, k=3, m=3)
+    return lambda x, t, soft: f(x, t)
+
+
+def cases_for(n, c, chosen=None):
+    slow_ok = c < 10_000
+    cases = [case for case in CASES if slow_ok or case not in SLOW] + (COMPILED if (n, c) in COMPILE_SIZES else [])
+    if chosen:
+        cases = [case for case in chosen if case in cases or case in COMPILED]
+    return ["F.cross_entropy"] + [case for case in cases if case != "F.cross_entropy"]  # the reference
 
 
 def make_inputs(n, c, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, c, generator=g) * 3, torch.randint(0, c, (n,), generator=g)
+    x, t = torch.randn(n, c, generator=g) * 3, torch.randint(0, c, (n,), generator=g)
+    return x, t, torch.softmax(torch.randn(n, c, generator=g), 1)
 
 
 def run_loss(case, n, c):
-    x, t = make_inputs(n, c)
+    x, t, soft = make_inputs(n, c)
     x.requires_grad_(True)
+    f = loss_fn(case)
+    if case in COMPILED:  # compile first: the compiler's own memory is not the loss's
+        f(x, t, soft).backward()
+        x.grad = None
     base = reset_peak_rss()
-    loss_fn(case)(x, t).backward()
+    f(x, t, soft).backward()
     return base
 
 
@@ -67,98 +92,123 @@ def linear_inputs(n, h, v, seed=0):
     return hidden, weight, torch.randint(0, v, (n,), generator=g)
 
 
-def run_linear(case, n, h, v):
-    hidden, weight, t = linear_inputs(n, h, v)
-    base = reset_peak_rss()
+def linear_step(case, hidden, weight, t):
     if case == "chunked":
         losses.linear_cross_loss(hidden, weight, t, loss="root", k=3, m=3).backward()
     else:
         losses.root_loss(hidden @ weight.t(), t, k=3, m=3).backward()
+
+
+def run_linear(case, n, h, v):
+    hidden, weight, t = linear_inputs(n, h, v)
+    base = reset_peak_rss()
+    linear_step(case, hidden, weight, t)
     return base
 
 
 def peak_in_subprocess(kind, case, dims):
-    """Peak bytes allocated above the inputs, measured in a fresh interpreter."""
-    code = ("import sys, json; sys.path.insert(0, %r); import scripts.bench_losses as b; "
-            "base = b.%s(%r, *%r); print(json.dumps(b.peak_rss() - base))"
-            % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), kind, case, tuple(dims)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    """Peak bytes allocated above the inputs, measured in a fresh interpreter started in the repository."""
+    code = ("import json; import scripts.bench_losses as b; base = b.%s(%r, *%r); "
+            "print(json.dumps(b.peak_rss() - base))" % (kind, case, tuple(dims)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])  # first run is warm-up
+def interleaved_times(steps, repeats):
+    """Time each step once per round, rounds in rotating order, after one warm-up each.
+
+    Returns {name: (median seconds, median over rounds of time / time of the first step)}: every ratio
+    compares runs made moments apart, so load that drifts during the benchmark cancels.
+    """
+    names = list(steps)
+    for name in names:
+        steps[name]()
+    rounds = []
+    for r in range(repeats):
+        times = {}
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name] = time.perf_counter() - start
+        rounds.append(times)
+    ref = names[0]
+    return {name: (statistics.median(rd[name] for rd in rounds),
+                   statistics.median(rd[name] / rd[ref] for rd in rounds)) for name in names}
 
 
-def time_loss(case, n, c, repeats):
-    x, t = make_inputs(n, c)
+def loss_steps(n, c, cases):
+    x, t, soft = make_inputs(n, c)
     x.requires_grad_(True)
-    f = loss_fn(case)
+    finite = {}
 
-    def step():
-        x.grad = None
-        f(x, t).backward()
-    step()
-    finite = bool(torch.isfinite(x.grad).all())
-    return median_time(step, repeats), finite
+    def step_of(case):
+        f = loss_fn(case)
 
-
-def time_linear(case, n, h, v, repeats):
-    hidden, weight, t = linear_inputs(n, h, v)
-
-    def step():
-        hidden.grad = weight.grad = None
-        if case == "chunked":
-            losses.linear_cross_loss(hidden, weight, t, loss="root", k=3, m=3).backward()
-        else:
-            losses.root_loss(hidden @ weight.t(), t, k=3, m=3).backward()
-    return median_time(step, repeats)
+        def step():
+            x.grad = None
+            f(x, t, soft).backward()
+            finite[case] = bool(torch.isfinite(x.grad).all())
+        return step
+    return {case: step_of(case) for case in cases}, finite
 
 
 def fmt_mb(b):
     return f"{b / 2**20:,.0f}"
 
 
-def bench_losses(sizes, repeats):
+def bench_losses(sizes, repeats, chosen=None):
     rows = []
     for n, c in sizes:
-        ref_t, _ = time_loss("F.cross_entropy", n, c, repeats)
-        ref_m = peak_in_subprocess("run_loss", "F.cross_entropy", (n, c))
-        for case in CASES:
-            t, finite = time_loss(case, n, c, repeats) if case != "F.cross_entropy" else (ref_t, True)
-            m = peak_in_subprocess("run_loss", case, (n, c)) if case != "F.cross_entropy" else ref_m
-            rows.append((f"{n} x {c}", case, t * 1e3, t / ref_t, fmt_mb(m), m / max(ref_m, 1), finite))
+        cases = cases_for(n, c, chosen)
+        steps, finite = loss_steps(n, c, cases)
+        timed = interleaved_times(steps, repeats)
+        del steps
+        mems = {case: peak_in_subprocess("run_loss", case, (n, c)) for case in cases}
+        ref_m = mems["F.cross_entropy"]
+        for case in cases:
+            t, ratio = timed[case]
+            rows.append((f"{n} x {c}", case, t * 1e3, ratio, fmt_mb(mems[case]), mems[case] / max(ref_m, 1),
+                         finite[case]))
             print(rows[-1], flush=True)
     return rows
 
 
 def bench_linear(dims, repeats):
     n, h, v = dims
-    ref_t = time_linear("unfused", n, h, v, repeats)
-    ref_m = peak_in_subprocess("run_linear", "unfused", dims)
-    t = time_linear("chunked", n, h, v, repeats)
-    m = peak_in_subprocess("run_linear", "chunked", dims)
-    return [("unfused: root_loss(hidden @ W.T)", ref_t * 1e3, 1.0, fmt_mb(ref_m), 1.0),
-            ("chunked: linear_cross_loss", t * 1e3, t / ref_t, fmt_mb(m), m / ref_m)]
+    hidden, weight, t = linear_inputs(n, h, v)
+
+    def step_of(case):
+        def step():
+            hidden.grad = weight.grad = None
+            linear_step(case, hidden, weight, t)
+        return step
+    timed = interleaved_times({"unfused": step_of("unfused"), "chunked": step_of("chunked")}, repeats)
+    del hidden, weight
+    mems = {case: peak_in_subprocess("run_linear", case, dims) for case in ("unfused", "chunked")}
+    return [("unfused: root_loss(hidden @ W.T)", timed["unfused"][0] * 1e3, 1.0, fmt_mb(mems["unfused"]), 1.0),
+            ("chunked: linear_cross_loss", timed["chunked"][0] * 1e3, timed["chunked"][1],
+             fmt_mb(mems["chunked"]), mems["chunked"] / mems["unfused"])]
 
 
 def write_report(path, rows, linear_rows, dims, repeats, command):
     lines = ["# Loss benchmark: forward + backward on this CPU", "",
              f"Command: `{command}`", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 logits "
-             f"(randn * 3), median of {repeats} runs after one warm-up. Memory: peak RSS (VmHWM) rise above "
-             "the inputs in a fresh process (includes the logits' gradient).", "",
+             f"torch {torch.__version__}, {torch.get_num_threads()} threads; float32 logits (randn * 3). "
+             f"Every case of one size runs once per round, rounds in rotating order, {repeats} rounds after "
+             "one warm-up: time is the median over rounds, the ratio the median over rounds of the case's "
+             "time over F.cross_entropy's time in the same round (one process, so load drift cancels). "
+             "Memory: peak RSS (VmHWM) rise above the inputs in a fresh process (includes the logits' "
+             "gradient; compiled cases are compiled before the mark is reset). Soft targets: a softmax of "
+             f"random logits. Not run at V = 50272: {', '.join(sorted(SLOW))} (seconds per step).", "",
              "| size (N x C) | loss | time (ms) | time / F.cross_entropy | peak memory (MiB) | "
              "memory / F.cross_entropy | gradient finite |",
              "|---|---|---|---|---|---|---|"]
     for size, case, t, rt, m, rm, fin in rows:
         lines.append(f"| {size} | {case} | {t:,.1f} | {rt:.2f} | {m} | {rm:.2f} | {fin} |")
+    if not linear_rows:
+        atomic_write_text(path, "\n".join(lines) + "\n")
+        return
     n, h, v = dims
     lines += ["", f"## Chunked linear + loss (root, k=3, m=3): N={n}, H={h}, V={v}, float32", "",
               "| path | time (ms) | time ratio | peak memory (MiB) | memory ratio |", "|---|---|---|---|---|"]
@@ -167,22 +217,39 @@ def write_report(path, rows, linear_rows, dims, repeats, command):
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+def _size(text):
+    try:
+        n, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 4096x50272, got {text!r}") from None
+    return n, c
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=5, help="timed runs per case (median reported)")
     p.add_argument("--quick", action="store_true", help="small sizes only (smoke run)")
     p.add_argument("--out", default="results/bench_losses.md", help="markdown report path")
-    return p.parse_args(argv)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--sizes", nargs="+", type=_size, default=None, help="N x C sizes, e.g. 4096x50272 "
+                   "(default: all of SIZES; --quick: the first two)")
+    p.add_argument("--cases", nargs="+", default=None, choices=CASES + COMPILED, metavar="CASE",
+                   help=f"cases to run (default: all that fit the size); from {CASES + COMPILED}")
+    p.add_argument("--no-linear", action="store_true", help="skip the chunked linear + loss section")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the report's command line
+    return args
 
 
 def main(args):
-    sizes = SIZES[:2] if args.quick else SIZES
+    sizes = args.sizes or (SIZES[:2] if args.quick else SIZES)
     dims = (512, 64, 5000) if args.quick else LINEAR
-    rows = bench_losses(sizes, args.repeats)
-    linear_rows = bench_linear(dims, args.repeats)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = bench_losses(sizes, args.repeats, args.cases)
+    linear_rows = [] if args.no_linear else bench_linear(dims, args.repeats)
     print(linear_rows, flush=True)
-    command = "python scripts/bench_losses.py" + (" --quick" if args.quick else "") + \
-        (f" --repeats {args.repeats}" if args.repeats != 5 else "")
+    command = " ".join(["python scripts/bench_losses.py", *map(shlex.quote, args.argv)])
     write_report(args.out, rows, linear_rows, dims, args.repeats, command)
     print(f"wrote {args.out}")
 

@@ -12,7 +12,7 @@ non-saturating logistic losses (paper appendix A.5, eq. 20-21; upstream's softpl
 
 and a self-contained helper is inserted after the imports. _rlo_gan_loss(x) is softplus(-x) when
 RLO_LOSS=ce and k * exp(softplus(-x) / k) (= k (1 + exp(-x))^(1/k), losses.rooted_logit, with the same
-linear continuation above losses.LOG_WEIGHT_CAP) when RLO_LOSS=rlo; k is RLO_K. Both environment
+linear continuation above losses.log_weight_cap(dtype)) when RLO_LOSS=rlo; k is RLO_K. Both environment
 variables are read on every call, so switching needs no further edit; --k / --loss set the defaults
 used when they are unset. NVIDIA's file is never shipped: only the user's clone is edited.
 """
@@ -24,7 +24,6 @@ import sys
 if __package__ in (None, ""):  # run as a script: make the project importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from losses import LOG_WEIGHT_CAP  # noqa: E402
 from utils.cli import ArgumentParser, UsageError, run_cli  # noqa: E402
 from utils.runio import atomic_write_bytes  # noqa: E402
 
@@ -43,12 +42,18 @@ LINE_RE = re.compile(r"^(?P<head>\s*(?P<var>loss_Gmain|loss_Dgen|loss_Dreal)\s*=
                      r"(?P<tail>.*)$", re.S)
 
 HELPER = '''\
+import math as _rlo_math
 import os as _rlo_os
 import torch as _rlo_torch
 
 _RLO_DEFAULT_LOSS = {loss!r}  # used when the environment variable RLO_LOSS is unset ('rlo' or 'ce')
 _RLO_DEFAULT_K = {k!r}  # used when RLO_K is unset
-_RLO_LOG_WEIGHT_CAP = {cap!r}  # as losses.LOG_WEIGHT_CAP of the rooted-loss project
+
+
+def _rlo_log_weight_cap(dtype):
+    """As losses.log_weight_cap of the rooted-loss project: exp(t) is exact up to it, linear above."""
+    work = _rlo_torch.float64 if dtype == _rlo_torch.float64 else _rlo_torch.float32
+    return min(_rlo_math.log(_rlo_torch.finfo(work).max) - 16.0, _rlo_math.log(_rlo_torch.finfo(dtype).max) - 1.0)
 
 
 def _rlo_gan_loss(x):
@@ -66,9 +71,10 @@ def _rlo_gan_loss(x):
     if not (k > 0 and k != float("inf")):
         raise ValueError(f"RLO_K must be a finite number > 0, got {{raw!r}}")
     work = _rlo_torch.float64 if x.dtype == _rlo_torch.float64 else _rlo_torch.float32
-    t = _rlo_torch.nn.functional.softplus(-x.to(work)) / k
+    z = -x.to(work)
+    t = _rlo_torch.logaddexp(z, _rlo_torch.zeros_like(z)) / k  # softplus, as losses.py (no switch at 20)
     # exp(t) is continued linearly above the cap (same value and slope there), so no overflow
-    tc = t.clamp(max=_RLO_LOG_WEIGHT_CAP)
+    tc = t.clamp(max=_rlo_log_weight_cap(x.dtype))
     return k * (_rlo_torch.exp(tc) * (1 + (t - tc)))
 '''
 
@@ -76,7 +82,7 @@ def _rlo_gan_loss(x):
 # --------------------------------------------------------------------------------------- text edits
 def helper_block(k, loss, newline="\n"):
     """The lines inserted into loss.py, markers included, each ending with `newline`."""
-    body = [BEGIN] + HELPER.format(k=float(k), loss=loss, cap=float(LOG_WEIGHT_CAP)).splitlines() + [END]
+    body = [BEGIN] + HELPER.format(k=float(k), loss=loss).splitlines() + [END]
     return [line + newline for line in body]
 
 

@@ -192,7 +192,7 @@ def test_paper_form_cap_is_linear_continuation():
     k = 3.0
     lp = torch.tensor([-k * L.LOG_WEIGHT_CAP + 1e-3, -k * L.LOG_WEIGHT_CAP - 5.0], dtype=torch.float64)
     form = L.root_paper_form(k)
-    v = form.value(lp)
+    v = form.value(lp, L.LOG_WEIGHT_CAP)
     assert v[0] == pytest.approx(k * (math.exp(-lp[0].item() / k) - 1))
     slope = math.exp(L.LOG_WEIGHT_CAP)  # d value / d(-lp) above the cap
     assert v[1] == pytest.approx(k * (math.exp(L.LOG_WEIGHT_CAP) - 1) + slope * 5.0, rel=1e-6)
