@@ -8,13 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs/fig3bc}
-COMMON="--subset ${SUBSET:-512} --test-subset ${TEST_SUBSET:-500} --size ${SIZE:-16} --bs ${BS:-64}"
-COMMON+=" --mine-epochs ${MINE_EPOCHS:-6} --iter-period ${ITER_PERIOD:-2} --threads ${THREADS:-1} ${EXTRA:-}"
-FT="--ft-epochs ${FT_EPOCHS:-6}"
+COMMON="--subset ${SUBSET:-512} --test-subset ${TEST_SUBSET:-500} --size ${SIZE:-16} --bs ${BS:-32}"
+COMMON+=" --mine-epochs ${MINE_EPOCHS:-5} --iter-period ${ITER_PERIOD:-2} --threads ${THREADS:-1} ${EXTRA:-}"
+FT="--ft-epochs ${FT_EPOCHS:-5} --ft-lr ${FT_LR:-0.05}"
 
 grid() {  # one line per run: OUT ARGS...
   for seed in ${SEEDS:-0 1 2}; do
-    for d in ${DENSITIES:-0.59 0.08}; do
+    for d in ${DENSITIES:-5 1.44}; do
       g="$RUNS/d${d}_s${seed}"; run="--density $d --seed $seed $COMMON"; mask="--mask $g/mine/mask.pt $FT"
       echo "$g/mine $run --ft-epochs 0"
       echo "$g/ce $run $mask --ft-loss ce"
