@@ -72,6 +72,7 @@ def parse_args(argv=None):
                    help="replace the mask by a random one: same per-layer counts, or the same global count")
     p.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs in all (resumable)")
     p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--device", type=str.lower, default="auto", choices=("auto", "cpu", "cuda"))
     add_run_args(p, "runs/prune_d<density>_<loss>_s<seed>")
     return p.parse_args(argv)
 
@@ -153,6 +154,16 @@ def train_loader(train_set, args, stage, epoch):
 
 
 # ------------------------------------------------------------------------------------------ masks
+def pick_device(choice):
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA device is available")
+    return torch.device("cuda" if choice != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def device_of(net):
+    return next(net.parameters()).device
+
+
 def prunable(model):
     """(name, module) of every weight gem-miner scores: all convs and the linear layer."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -269,6 +280,7 @@ def evaluate(net, test_set):
     net.eval()
     correct, ce, n = 0, 0.0, 0
     for x, y in DataLoader(test_set, batch_size=EVAL_BATCH):
+        x, y = x.to(device_of(net)), y.to(device_of(net))
         out = net(x)
         correct += (out.argmax(1) == y).sum().item()
         ce += F.cross_entropy(out, y, reduction="sum").item()
@@ -287,7 +299,7 @@ def recalibrate_bn(net, train_set, args):
     for i, (x, _) in enumerate(train_loader(train_set, args, "calibrate", 0)):
         if i == BN_CALIBRATION_BATCHES:
             break
-        net(x)
+        net(x.to(device_of(net)))
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = 0.1
@@ -300,6 +312,7 @@ def train_epoch(net, loader, optimizer, loss_fn, desc, penalty=None, after_step=
     start, sums = time.perf_counter(), [0.0, 0, 0]
     bar = tqdm(loader, desc=desc, leave=False, disable=None)
     for x, y in bar:
+        x, y = x.to(device_of(net)), y.to(device_of(net))
         out = net(x)
         loss = loss_fn(out, y) + (penalty() if penalty else 0.0)
         if not math.isfinite(loss.item()):
@@ -340,6 +353,7 @@ def mine(args, data, run, state, budget):
     init_state = {k: v.clone() for k, v in net.state_dict().items()}
     torch.manual_seed(args.seed + 1)
     score_masks = attach_scores(net)
+    net.to(args.device)
     scores = [sm.scores for sm in score_masks.values()]
     optimizer = torch.optim.SGD(scores, lr=args.mine_lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(args.mine_epochs, 1))
@@ -378,19 +392,19 @@ def finish_mining(args, data, net, score_masks, init_state, seconds):
     """The mined mask, and the accuracy of the mined sub-network before fine-tuning."""
     train_set, test_set, _ = data
     rounded = evaluate(net, test_set)["acc"]  # w * 1[p > 0.5] * flag, mining's batch-norm statistics
-    masks = {name: sm.flag > 0 for name, sm in score_masks.items()}
+    masks = {name: (sm.flag > 0).cpu() for name, sm in score_masks.items()}
     summary = {"mined_acc": rounded, "mine_s": seconds,
                "mine_epoch_s": seconds / args.mine_epochs if args.mine_epochs else None}
     return masks, init_state, summary
 
 
-def masked_net(init_state, masks, num_classes, seed):
+def masked_net(init_state, masks, num_classes, seed, device="cpu"):
     """The signed-constant init under a fixed mask (torch.nn.utils.prune: weight = weight_orig * weight_mask)."""
     net = build_net(num_classes, seed)
     net.load_state_dict(init_state)
     for name, module in prunable(net):
         torch_prune.custom_from_mask(module, "weight", masks[name])
-    return net
+    return net.to(device)
 
 
 def ft_milestones(epochs):
@@ -401,7 +415,7 @@ def finetune(args, data, run, prepared, state, budget, loss_fn):
     """The fine-tuning stage (resumable); returns (net, start accuracy) or None at --stop-after."""
     train_set, test_set, info = data
     masks, init_state, mined = prepared
-    net = masked_net(init_state, masks, info["num_classes"], args.seed)
+    net = masked_net(init_state, masks, info["num_classes"], args.seed, args.device)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.ft_lr, momentum=0.9, weight_decay=args.ft_wd)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, ft_milestones(args.ft_epochs), gamma=0.1)
     if state is not None and state["stage"] == "ft":
@@ -497,6 +511,7 @@ def resume_state(run):
 def main(args):
     loss_fn = check_args(args)
     set_threads(args.threads)
+    args.device = str(pick_device(args.device))
     args.out = args.out or default_out(args)
     run = RunDir(args.out, vars(args), resume=args.resume, overwrite=args.overwrite, defining=DEFINING)
     try:
@@ -512,7 +527,8 @@ def main(args):
             else:
                 net, start_acc = tuned
                 save_checkpoint(run.file("model.pt"), "prune", vars(args),
-                                model=final_model(net, prepared[0]).state_dict(), masks=prepared[0])
+                                model={k: v.cpu() for k, v in final_model(net, prepared[0]).state_dict().items()},
+                                masks=prepared[0])
         if prepared is None:
             print(f"stopped after --stop-after {args.stop_after} epochs; continue with --resume --out {args.out}")
             return run.finish({"status": "stopped", "out": run.path})

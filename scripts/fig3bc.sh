@@ -2,7 +2,12 @@
 # Fig. 3b-c at CPU scale: per (seed, density) mine one gem-miner mask, then fine-tune that mask from the same
 # signed-constant init with CE, RLO (code form, k=8 m=8), RLO (paper form, k=8) and CE on a random mask with
 # the mined per-layer counts. Resumable: finished runs are skipped, interrupted ones continue (--resume).
-# Seeds are the outer loop, so a cut-short grid still holds complete (seed, density) groups. All runs share
+# Seeds are the outer loop, so a cut-short grid still holds complete (seed, density) groups. CPU defaults
+# (about 45 minutes of one busy core): 512 training / 500 test images at 16 px, 5 mining + 5 fine-tuning epochs,
+# batch 32, fine-tuning lr 0.05, densities 5% and 1.44% kept: at this scale mining barely moves the scores, and
+# the paper's 0.59% masks came out dead (10% accuracy; see results/fig3bc.md). Override any of them by
+# environment variable (SEEDS, DENSITIES, SUBSET, TEST_SUBSET, SIZE, BS, MINE_EPOCHS, ITER_PERIOD, FT_EPOCHS,
+# FT_LR, THREADS, EXTRA, RUNS); scripts/fig3bc_gpu.sh sets the full-scale reference schedule. All runs share
 # one Python process (importing torch and the model registry costs ~20 s a process on a busy machine).
 # Then: python -m scripts.fig3bc   (writes results/fig3bc.md/.json/.png)
 set -euo pipefail
