@@ -7,7 +7,7 @@ the authors' --dimhead), pretrained (local weights file for vit_timm), depth (ov
 """
 import warnings
 
-from models import convnets, transformers
+from models import convnets, resnet20, transformers
 
 MODELS = {
     "vgg": convnets.vgg19,
@@ -16,6 +16,7 @@ MODELS = {
     "res50": convnets.res50,
     "res101": convnets.res101,
     "res18_mini": convnets.res18_mini,
+    "resnet20": resnet20.resnet20,
     "convmixer": convnets.convmixer,
     "vit": transformers.vit,
     "vit_small": transformers.vit_small,

@@ -58,3 +58,15 @@ def test_pretrained_weights_load_except_head(tmp_path):
     missing = models.load_pretrained(dst, str(tmp_path / "w.pt"), skip_prefixes=())
     assert missing == ["fc.bias", "fc.weight"]
     assert torch.equal(dst.conv1.weight, src.conv1.weight)
+
+
+def test_resnet20_has_268k_prunable_weights_and_option_a_shortcuts():
+    from models.resnet20 import ShortcutA
+    net = models.build_model("resnet20", 10, 32, affine=False, bias=False)
+    assert models.count_parameters(net) == 268_336  # non-affine BN and no bias: every parameter is a weight
+    assert models.count_parameters(models.build_model("resnet20", 10, 32)) == 268_336 + 10 + 2 * 16 * 7 + 2 * 32 * 6 + 2 * 64 * 6
+    x = torch.randn(2, 16, 8, 8)
+    y = ShortcutA(16, 32, 2)(x)
+    assert y.shape == (2, 32, 4, 4) and torch.equal(y[:, 8:24], x[:, :, ::2, ::2])
+    assert y[:, :8].abs().sum() == 0 and y[:, 24:].abs().sum() == 0
+    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 10)  # global pooling: any image size
