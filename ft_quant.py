@@ -74,6 +74,8 @@ def parse_args(argv=None):
     p.add_argument("--chunk-size", type=int, default=256, help="tokens per LM-head chunk (chunked head)")
     p.add_argument("--eval-only", action="store_true", help="evaluate without training")
     p.add_argument("--eval-test", action="store_true", help="also evaluate the test split")
+    p.add_argument("--skip-validation", action="store_true",
+                   help="do not evaluate the validation split after training (it must still exist)")
     p.add_argument("--eval-merged", action="store_true",
                    help="also evaluate the adapters merged into dense weights (names prefixed merged_)")
     p.add_argument("--also-eval", nargs="*", default=[], choices=sorted(LAYOUTS),
@@ -191,8 +193,8 @@ def main(args):
     set_seed(args.seed)
     model, tokenizer, bits, method, targets = base_model(args)
     data = ft_opt.load_data(ns, tokenizer)  # bad data fails here, before a run directory is made
-    sets = {"validation": data["validation"], **({"test": data["test"]} if "test" in data else {}),
-            **ft_opt.extra_eval_sets(ns, tokenizer)}
+    sets = {**({} if args.skip_validation else {"validation": data["validation"]}),
+            **({"test": data["test"]} if "test" in data else {}), **ft_opt.extra_eval_sets(ns, tokenizer)}
     run = RunDir(args.out, vars(args), resume=args.resume, overwrite=args.overwrite, defining=DEFINING)
     if not (args.eval_only and args.adapters is None):  # the "no LoRA" evaluation runs the base alone
         model = with_adapters(args, model, targets)
