@@ -63,6 +63,10 @@ def parse_args(argv=None, family="auto"):
                    help="tokens per window (default: the model's max_position_embeddings)")
     p.add_argument("--eval", type=str, default="wikitext2,ptb,c4",
                    help="comma-separated evaluation sets (wikitext2, ptb, c4); empty for none")
+    p.add_argument("--eval-variant", choices=list(datautils.EVAL_VARIANTS),
+                   default="old" if family == "llama" else "new",
+                   help="PTB/C4 evaluation text: new = the authors' opt.py (ptb test, first c4 documents), old = "
+                        "their llama.py (ptb validation, 256 random c4 windows); default: the entry script's")
     p.add_argument("--data-dir", type=str, default=default_data_dir(), help="root of the local data")
     p.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device for the layer being processed (default: cuda if available)")
@@ -147,7 +151,7 @@ def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     # read all text first, so missing data fails before any model is loaded
-    texts = {name: datautils.eval_text(name, args.data_dir) for name in evals}
+    texts = {name: datautils.eval_text(name, args.data_dir, args.eval_variant) for name in evals}
     quantizing = args.wbits < 16 and not args.load
     calib = datautils.calibration_text(args.dataset, args.data_dir) if quantizing else None
     model, tokenizer = load_model(args.load or args.model)
@@ -169,7 +173,7 @@ def main(args):
         saveload.save(args.save, model, tokenizer, cfg, records)
     if not args.proxy_only:
         for name, text in texts.items():
-            ids = datautils.eval_ids(name, text, tokenizer, seqlen, args.cache_dir)
+            ids = datautils.eval_ids(name, text, tokenizer, seqlen, args.cache_dir, args.eval_variant)
             results[f"ppl_{name}"] = perplexity(model, family, ids, seqlen, args.device, args.batch,
                                                 args.max_eval_windows)
             print(f"{name} perplexity: {results[f'ppl_{name}']:.4f}")
