@@ -16,7 +16,7 @@ import utils.tv_compat  # noqa: F401,E402  (transformers imports torchvision)
 import torch  # noqa: E402
 
 from quant import datautils, incoherence, rounding, saveload  # noqa: E402
-from quant.driver import QuantConfig, perplexity, quantize_model  # noqa: E402
+from quant.driver import DEAD_INPUTS, QuantConfig, perplexity, quantize_model  # noqa: E402
 from quant.families import FAMILIES, MODEL_TYPES  # noqa: E402
 from quant.quantizers import QUANTIZERS  # noqa: E402
 from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli  # noqa: E402
@@ -53,6 +53,9 @@ def parse_args(argv=None, family="auto"):
                    help="QuIP's incoherence processing: --pre_gptqH --pre_rescale --pre_proj --qfn b")
     p.add_argument("--incoh", choices=list(incoherence.ORTHOGONALS), default="butterfly",
                    help="random orthogonal family for --pre_proj (butterfly is what QuIP's code ran)")
+    p.add_argument("--dead-inputs", choices=list(DEAD_INPUTS), default="zero",
+                   help="with --pre_rescale: zero the weights of inputs dead in calibration (default), or keep "
+                        "what undoing the rescale gives them (QuIP's code; can be huge)")
     p.add_argument("--lazy_batch", action="store_true",
                    help="accepted for old commands; rounding always runs in blocks of 128 columns")
     p.add_argument("--save", type=str, default="", help="directory to write the quantized model to")
@@ -113,7 +116,8 @@ def check_args(args):
 def quant_config(args):
     return QuantConfig(wbits=args.wbits, method=args.quant, qfn=args.qfn, rescale=args.pre_rescale,
                        proj=args.incoh if args.pre_proj else None, percdamp=args.percdamp,
-                       npasses=args.npasses, groupsize=args.groupsize, seed=args.seed)
+                       npasses=args.npasses, groupsize=args.groupsize, seed=args.seed,
+                       dead_inputs=args.dead_inputs)
 
 
 def load_model(path):
