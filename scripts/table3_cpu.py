@@ -280,9 +280,9 @@ def table_lines(runs, qrows, curve, base, verdicts, paper, figure):
              "quantized with QuIP", "",
              "Commands: `bash scripts/table3_cpu.sh` (stages pretrain, curve, grid, report; resumable) and "
              "`python -m scripts.table3_cpu`. Each cell: `python opt.py FT_DIR wikitext2 --wbits B --quant ldlqRG "
-             "--incoh_processing --seed 0 --nsamples 128 --max-eval-windows 64` (2-bit nearest: `--quant nearest`, "
+             "--incoh_processing --seed 0 --nsamples 128 --max-eval-windows 48` (2-bit nearest: `--quant nearest`, "
              "grid a, no incoherence; 16 bits: no quantization). Perplexity on WikiText-2 raw test, PTB test and the "
-             "local C4 sample, 64 evenly spaced windows of 256 tokens per set (not all windows: CPU budget).", ""]
+             "local C4 sample, 48 evenly spaced windows of 256 tokens per set (not all windows: CPU budget).", ""]
     if res:
         lines += [f"Base model: {res.get('parameters')} parameters, {res.get('step')} steps, "
                   f"{res.get('tokens')} tokens seen, {res.get('train_seconds')} s of training on one shared CPU "

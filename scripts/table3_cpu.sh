@@ -13,7 +13,7 @@
 # file, a quantization cell or statistics run with a results.json is not run again. Rerun the same command to
 # continue. Environment overrides (defaults in brackets):
 #   OUT [runs/table3_cpu]  DATA_DIR [utils.cli.default_data_dir()]  BASE [$OUT/base]  BASE_MODEL [$BASE/model]
-#   SEEDS ["0 1 2"]  BITS ["16 2 3 4"]  THREADS [1]  PRETRAIN_FLAGS, FT_FLAGS, QUANT_FLAGS (see below)
+#   SEEDS ["0 1 2"]  BITS (besides 16 and 2) ["3 4"]  THREADS [1]  PRETRAIN_FLAGS, FT_FLAGS, QUANT_FLAGS (see below)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} OMP_NUM_THREADS=${THREADS:-1}
@@ -23,13 +23,13 @@ DATA_DIR=${DATA_DIR:-$(python -c 'from utils.cli import default_data_dir; print(
 BASE=${BASE:-$OUT/base}
 BASE_MODEL=${BASE_MODEL:-$BASE/model}
 SEEDS=${SEEDS:-"0 1 2"}
-BITS=${BITS:-"16 2 3 4"}
+BITS=${BITS:-"3 4"}
 THREADS=${THREADS:-1}
 PRETRAIN_FLAGS=${PRETRAIN_FLAGS:-"--preset tiny-opt-4x128 --vocab-size 2048 --bs 8 --lr 2e-3 --warmup-steps 100
-  --max-steps 2000 --snapshot-steps 400"}
-FT_FLAGS=${FT_FLAGS:-"--max-steps 150 --bs 8 --block-size 256 --lr 2e-4 --warmup-steps 10 --max-eval-blocks 64"}
-# 128 calibration windows (the reference); 64 evenly spaced evaluation windows per set (the CPU budget)
-QUANT_FLAGS=${QUANT_FLAGS:-"--nsamples 128 --max-eval-windows 64"}
+  --max-steps 1400 --snapshot-steps 400"}
+FT_FLAGS=${FT_FLAGS:-"--max-steps 60 --bs 8 --block-size 256 --lr 2e-4 --warmup-steps 6 --max-eval-blocks 32"}
+# 128 calibration windows (the reference); 48 evenly spaced evaluation windows per set (the CPU budget)
+QUANT_FLAGS=${QUANT_FLAGS:-"--nsamples 128 --max-eval-windows 48"}
 STAGES=${*:-"pretrain curve grid report"}
 
 pretrain() {
@@ -78,20 +78,24 @@ finetune() {  # dir loss k seed: fine-tune the base on its own training text unl
   touch "$dir/DONE"
 }
 
-grid() {  # seed by seed, so that an interrupted grid holds complete pairs
+grid() {  # seed by seed, so that an interrupted grid holds complete pairs; the cheap, decisive cells first
   local seed spec name loss k dir bits
   for seed in $SEEDS; do
     for spec in "CE:ce:5" "RLO-5:root:5" "RLO-10:root:10"; do
       IFS=: read -r name loss k <<< "$spec"
       dir="$OUT/ft/$name-s$seed"
       finetune "$dir" "$loss" "$k" "$seed"
-      for bits in $BITS; do
-        quant_cell "$OUT/quant/$name-s$seed-w$bits" "$dir" "$bits" ldlqRG
-      done
+      quant_cell "$OUT/quant/$name-s$seed-w16" "$dir" 16 none
+      quant_cell "$OUT/quant/$name-s$seed-w2" "$dir" 2 ldlqRG
       quant_cell "$OUT/quant/$name-s$seed-w2-nearest" "$dir" 2 nearest
       [ -e "$OUT/hstats/$name-s$seed/results.json" ] || \
-        python -m scripts.hessian_stats "$dir" --out "$OUT/hstats/$name-s$seed" --data-dir "$DATA_DIR" \
-          --nsamples 128 --threads "$THREADS" --cache-dir "$OUT/token_cache"
+        python -m scripts.hessian_stats "$dir" --out "$OUT/hstats/$name-s$seed" --overwrite \
+          --data-dir "$DATA_DIR" --nsamples 128 --threads "$THREADS" --cache-dir "$OUT/token_cache"
+    done
+    for spec in CE RLO-5 RLO-10; do
+      for bits in $BITS; do
+        quant_cell "$OUT/quant/$spec-s$seed-w$bits" "$OUT/ft/$spec-s$seed" "$bits" ldlqRG
+      done
     done
   done
 }
