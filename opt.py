@@ -16,7 +16,7 @@ import utils.tv_compat  # noqa: F401,E402  (transformers imports torchvision)
 import torch  # noqa: E402
 
 from quant import datautils, incoherence, rounding, saveload  # noqa: E402
-from quant.driver import QuantConfig, perplexity, quantize_model  # noqa: E402
+from quant.driver import DEAD_INPUTS, QuantConfig, perplexity, quantize_model  # noqa: E402
 from quant.families import FAMILIES, MODEL_TYPES  # noqa: E402
 from quant.quantizers import QUANTIZERS  # noqa: E402
 from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli  # noqa: E402
@@ -53,6 +53,9 @@ def parse_args(argv=None, family="auto"):
                    help="QuIP's incoherence processing: --pre_gptqH --pre_rescale --pre_proj --qfn b")
     p.add_argument("--incoh", choices=list(incoherence.ORTHOGONALS), default="butterfly",
                    help="random orthogonal family for --pre_proj (butterfly is what QuIP's code ran)")
+    p.add_argument("--dead-inputs", choices=list(DEAD_INPUTS), default="zero",
+                   help="with --pre_rescale: zero the weights of inputs dead in calibration (default), or keep "
+                        "what undoing the rescale gives them (QuIP's code; can be huge)")
     p.add_argument("--lazy_batch", action="store_true",
                    help="accepted for old commands; rounding always runs in blocks of 128 columns")
     p.add_argument("--save", type=str, default="", help="directory to write the quantized model to")
@@ -63,6 +66,10 @@ def parse_args(argv=None, family="auto"):
                    help="tokens per window (default: the model's max_position_embeddings)")
     p.add_argument("--eval", type=str, default="wikitext2,ptb,c4",
                    help="comma-separated evaluation sets (wikitext2, ptb, c4); empty for none")
+    p.add_argument("--eval-variant", choices=list(datautils.EVAL_VARIANTS),
+                   default="old" if family == "llama" else "new",
+                   help="PTB/C4 evaluation text: new = the authors' opt.py (ptb test, first c4 documents), old = "
+                        "their llama.py (ptb validation, 256 random c4 windows); default: the entry script's")
     p.add_argument("--data-dir", type=str, default=default_data_dir(), help="root of the local data")
     p.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device for the layer being processed (default: cuda if available)")
@@ -109,7 +116,8 @@ def check_args(args):
 def quant_config(args):
     return QuantConfig(wbits=args.wbits, method=args.quant, qfn=args.qfn, rescale=args.pre_rescale,
                        proj=args.incoh if args.pre_proj else None, percdamp=args.percdamp,
-                       npasses=args.npasses, groupsize=args.groupsize, seed=args.seed)
+                       npasses=args.npasses, groupsize=args.groupsize, seed=args.seed,
+                       dead_inputs=args.dead_inputs)
 
 
 def load_model(path):
@@ -147,7 +155,7 @@ def main(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     # read all text first, so missing data fails before any model is loaded
-    texts = {name: datautils.eval_text(name, args.data_dir) for name in evals}
+    texts = {name: datautils.eval_text(name, args.data_dir, args.eval_variant) for name in evals}
     quantizing = args.wbits < 16 and not args.load
     calib = datautils.calibration_text(args.dataset, args.data_dir) if quantizing else None
     model, tokenizer = load_model(args.load or args.model)
@@ -169,7 +177,7 @@ def main(args):
         saveload.save(args.save, model, tokenizer, cfg, records)
     if not args.proxy_only:
         for name, text in texts.items():
-            ids = datautils.eval_ids(name, text, tokenizer, seqlen, args.cache_dir)
+            ids = datautils.eval_ids(name, text, tokenizer, seqlen, args.cache_dir, args.eval_variant)
             results[f"ppl_{name}"] = perplexity(model, family, ids, seqlen, args.device, args.batch,
                                                 args.max_eval_windows)
             print(f"{name} perplexity: {results[f'ppl_{name}']:.4f}")

@@ -1,6 +1,8 @@
 """Layer-by-layer execution: capture the inputs of the first decoder layer, then run one layer at a
 time on the device (so models larger than the device fit), accumulating H = E[x x^T] for each linear.
 """
+import math
+
 import torch
 import torch.nn as nn
 
@@ -94,3 +96,28 @@ class HessianHooks:
         for h in self.handles:
             h.remove()
         return {name: self.H[name] / self.count[name] for name in self.H}
+
+
+def hessian_summary(H, percdamp=0.01, dead_tol=0.0):
+    """Conditioning statistics of one proxy Hessian H (QuIP, Sec. 3-4; its code's Hessian summaries).
+
+    - alive: inputs whose diagonal exceeds dead_tol (GPTQ/QuIP treat H_jj = 0 as a dead input);
+    - cond: lambda_max / lambda_min of H restricted to the alive inputs (inf if singular there);
+    - trD_trH: tr(D) / tr(H) of the LDL factorisation H = L D L^T (L unit lower) after percdamp damping,
+      the quantity QuIP's LDLQ error bound scales with (small = much for the feedback to win);
+    - mu: incoherence of H's eigenvectors Q, sqrt(n) * max |Q_ij| (QuIP, Def. 1: 1 when perfectly spread,
+      sqrt(n) when an eigenvector is a coordinate axis).
+    """
+    H = H.to(torch.float64)
+    n = H.shape[0]
+    alive = H.diagonal() > dead_tol
+    eig = torch.linalg.eigvalsh(H[alive][:, alive]) if alive.any() else torch.zeros(1, dtype=H.dtype)
+    lo, hi = eig.min().item(), eig.max().item()
+    cond = hi / lo if lo > 0 else float("inf")
+    Hd = H.clone()
+    Hd[~alive, ~alive] = 1.0
+    Hd.diagonal().add_(percdamp * Hd.diagonal().mean())
+    D = torch.linalg.cholesky(Hd).diagonal().square()
+    Q = torch.linalg.eigh(H)[1]
+    return {"n": n, "alive": int(alive.sum()), "cond": cond, "trD_trH": (D.sum() / Hd.trace()).item(),
+            "mu": math.sqrt(n) * Q.abs().max().item()}

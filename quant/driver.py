@@ -24,6 +24,7 @@ class QuantConfig:
     groupsize: int = -1
     seed: int = 0
     dtype: torch.dtype = torch.float32  # of the rounding loops (H and the transforms stay float64)
+    dead_inputs: str = "zero"  # with rescale: 'zero' the columns of dead inputs after undo, or 'keep' (QuIP's code)
 
 
 @dataclass
@@ -36,6 +37,19 @@ class LinearRecord:
     transform_seed: int
     rescale: torch.Tensor = None  # incoherence step (1)'s column scales, when used
     proxy: float = field(default=0.0)
+    dead: torch.Tensor = None     # the dead input columns set to zero (DEAD_INPUTS 'zero'), when any
+
+
+DEAD_INPUTS = ("zero", "keep")
+DEAD_TOL = 1e-8  # incoherence.rescale clamps H_jj / max|H| at this: below it the column scale, not H, decides
+
+
+def dead_columns(H):
+    """Inputs whose H_jj is at most DEAD_TOL * max|H|: never (or all but never) active in calibration.
+
+    Under rescaling, such a column's scale s_j is clamped tiny and undo divides by it, so rounding noise comes
+    back multiplied by up to 1/s_j (QuIP's code keeps those weights; GPTQ zeroes the weights of dead inputs)."""
+    return H.diagonal() <= DEAD_TOL * H.abs().max()
 
 
 def layer_seed(seed, layer_index, name):
@@ -52,10 +66,15 @@ def quantize_linear(weight, H, cfg, seed):
     codes = rounding.round_weights(cfg.method, W, Hp, quantizer, npasses=cfg.npasses,
                                    groupsize=cfg.groupsize)
     Q = incoherence.undo(quantizer.levels(codes), state)
+    dead = None
+    if cfg.rescale and cfg.dead_inputs == "zero":
+        dead = dead_columns(H.to(Q.device))
+        Q[:, dead] = 0
+        dead = dead.cpu() if dead.any() else None
     record = LinearRecord(codes.to(torch.uint8).cpu(), quantizer.scale.cpu(), quantizer.zero.cpu(),
                           quantizer.col_group.cpu(), seed,
                           None if state.scale is None else state.scale.cpu(),
-                          rounding.proxy_loss(weight.to(torch.float64), Q, H.to(Q.device)))
+                          rounding.proxy_loss(weight.to(torch.float64), Q, H.to(Q.device)), dead)
     return Q, record
 
 
@@ -69,7 +88,10 @@ def dequantize(record, cfg, shape):
     if cfg.proj is not None:
         state.U = incoherence.ORTHOGONALS[cfg.proj](shape[0], gen)
         state.V = incoherence.ORTHOGONALS[cfg.proj](shape[1], gen)
-    return incoherence.undo(quantizer.levels(record.codes.to(quantizer.scale.dtype)), state)
+    Q = incoherence.undo(quantizer.levels(record.codes.to(quantizer.scale.dtype)), state)
+    if record.dead is not None:
+        Q[:, record.dead] = 0
+    return Q
 
 
 @torch.no_grad()

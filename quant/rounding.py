@@ -59,12 +59,13 @@ def ldlq_core(W, H, quantizer, blocksize=BLOCKSIZE):
 
 
 def _ldlq_unblocked(WT, A, quantizer):
+    # the plain loop, one GEMV per column over the error rows kept so far (E[j] = W[j] - Q[j])
     C = torch.empty_like(WT)
-    Q = torch.zeros_like(WT)
+    E = torch.empty_like(WT)
     for j in range(WT.shape[0]):
-        target = WT[j] + A[:j, j] @ (WT[:j] - Q[:j])
+        target = WT[j] + A[:j, j] @ E[:j]
         C[j] = quantizer.code(target, j)
-        Q[j] = quantizer.level(C[j], j)
+        torch.sub(WT[j], quantizer.level(C[j], j), out=E[j])
     return C
 
 

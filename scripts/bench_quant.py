@@ -2,37 +2,37 @@
 layers (768x768, 3072x768, 768x3072) at 2, 3 and 4 bits; writes results/bench_quant.md.
 
 Each timing covers the whole call (the LDL / Cholesky factorisation included), on a random weight and a
-correlated H. The three methods are measured interleaved (A B C A B C ...) and the median of --repeats
+correlated H; the LDLQ rows round W clipped to the grid first, as `--quant ldlq` does. The unblocked
+baseline is the plain loop at its best: one GEMV per column over the error rows it keeps. The three methods are measured interleaved (A B C A B C ...) and the median of --repeats
 is reported, because the machine may be shared. Blocked and unblocked codes are checked to be identical.
 
-    python scripts/bench_quant.py                 # full table -> results/bench_quant.md
-    python scripts/bench_quant.py --quick         # one small shape, for a smoke run
+    python -m scripts.bench_quant                 # full table -> results/bench_quant.md
+    python -m scripts.bench_quant --quick         # one small shape, for a smoke run
 """
-import argparse
-import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from quant import rounding  # noqa: E402
-from quant.quantizers import QUANTIZERS  # noqa: E402
-from utils.runio import atomic_write_text, git_commit  # noqa: E402
+from quant import rounding
+from quant.quantizers import QUANTIZERS
+from utils.cli import ArgumentParser
+from utils.runio import atomic_write_text, git_commit, set_threads
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072)]
 METHODS = {
     "LDLQ blocked (128)": lambda W, H, q: rounding.ldlq_core(W, H, q, blocksize=128),
-    "LDLQ unblocked": lambda W, H, q: rounding.ldlq_core(W, H, q, blocksize=None),
+    "LDLQ unblocked (error rows kept)": lambda W, H, q: rounding.ldlq_core(W, H, q, blocksize=None),
     "GPTQ (lazy batch 128)": lambda W, H, q: rounding.gptq_core(W, H, q, blocksize=128),
 }
 
 
+UNBLOCKED = "LDLQ unblocked (error rows kept)"
+
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4], help="bit widths")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -47,7 +47,8 @@ def problem(m, d, bits, seed=0):
     X = torch.randn(2 * d, d, generator=g) @ (torch.eye(d) + 0.1 * torch.randn(d, d, generator=g))
     H = (X.T @ X / (2 * d)).double()
     H.diagonal().add_(0.01 * H.diagonal().mean())
-    return W, H, QUANTIZERS["b"](bits).fit(W)
+    q = QUANTIZERS["b"](bits).fit(W)
+    return q.clip(W), H, q
 
 
 def time_case(m, d, bits, repeats):
@@ -59,7 +60,7 @@ def time_case(m, d, bits, repeats):
             tick = time.perf_counter()
             codes[name] = fn(W, H, q)
             times[name].append(time.perf_counter() - tick)
-    differ = (codes["LDLQ blocked (128)"] != codes["LDLQ unblocked"]).sum().item()
+    differ = (codes["LDLQ blocked (128)"] != codes[UNBLOCKED]).sum().item()
     return {name: statistics.median(t) for name, t in times.items()}, differ
 
 
@@ -68,6 +69,7 @@ def identical_in_float64(m, d, bits=2):
     W, H, _ = problem(m, d, bits)
     W = W.double()
     q = QUANTIZERS["b"](bits).fit(W)
+    W = q.clip(W)
     return torch.equal(rounding.ldlq_core(W, H, q, blocksize=128), rounding.ldlq_core(W, H, q, blocksize=None))
 
 
@@ -77,14 +79,14 @@ def table(rows, args):
            + " | unblocked / blocked | codes differing, blocked vs unblocked (float32) |",
            "|---|---|" + "---|" * (len(names) + 2)]
     for (m, d, bits), (med, differ) in rows.items():
-        ratio = med["LDLQ unblocked"] / med["LDLQ blocked (128)"]
+        ratio = med[UNBLOCKED] / med["LDLQ blocked (128)"]
         out.append(f"| {m} x {d} | {bits} | " + " | ".join(f"{med[n]:.3f}" for n in names)
                    + f" | {ratio:.1f}x | {differ} of {m * d} ({differ / (m * d):.1e}) |")
     return "\n".join(out)
 
 
 def main(args):
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     shapes = [(256, 256)] if args.quick else SHAPES
     repeats = 1 if args.quick else args.repeats
     rows, exact = {}, {}
@@ -95,10 +97,11 @@ def main(args):
             print(f"{m}x{d} {bits}-bit:", {k: round(v, 3) for k, v in rows[(m, d, bits)][0].items()},
                   flush=True)
     header = (f"# Rounding speed: blocked LDLQ vs unblocked LDLQ vs GPTQ\n\n"
-              f"`python scripts/bench_quant.py{' --quick' if args.quick else ''}` "
+              f"`python -m scripts.bench_quant{' --quick' if args.quick else ''}` "
               f"(commit {git_commit()}), {platform.processor() or platform.machine()}, "
               f"torch {torch.__version__}, {args.threads} thread(s), float32 loops, float64 factorisation, "
-              f"quantizer 'b'. Median of {repeats} interleaved runs per cell; the machine was shared with "
+              "quantizer 'b', W clipped to the grid as `--quant ldlq` rounds it. "
+              f"Median of {repeats} interleaved runs per cell; the machine was shared with "
               f"other jobs while this ran, so absolute times are noisy, ratios less so.\n\n")
     note = ("\n\nIn float32 the blocked loop sums the feedback in a different order than the unblocked one, "
             "so a weight whose target lands within float32 rounding of a half-integer can round the other "

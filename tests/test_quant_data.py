@@ -77,3 +77,42 @@ def test_token_cache_reuses_ids(data, tmp_path):
     assert len(os.listdir(tmp_path)) == 1
     assert torch.equal(D.tokenize(text, tok, str(tmp_path)), a)
     assert torch.equal(D.tokenize(text, tok), a)
+
+
+def write_ptb_validation(root):
+    with open(os.path.join(root, "ptb/ptb.valid.txt"), "w") as f:
+        f.writelines([" one two three \n", " four five six \n"])
+
+
+def test_old_ptb_is_the_validation_split_joined_by_blank_lines(tmp_path):
+    root = write_data(str(tmp_path))
+    write_ptb_validation(root)
+    assert D.eval_text("ptb", root, "old") == "one two three\n\nfour five six"
+    assert D.eval_text("ptb", root, "new") == " ".join(D.ptb_rows(root, "test"))
+    assert D.eval_text("wikitext2", root, "old") == D.eval_text("wikitext2", root, "new")
+
+
+def test_old_c4_is_256_seeded_random_windows(data):
+    tok, seqlen = make_tokenizer(), 8
+    docs = D.eval_text("c4", data, "old")
+    a = D.eval_ids("c4", docs, tok, seqlen, variant="old")
+    assert a.shape == (1, 256 * seqlen)
+    assert torch.equal(a, D.eval_ids("c4", docs, tok, seqlen, variant="old"))  # seed 0, always
+    new = D.eval_ids("c4", D.eval_text("c4", data, "new"), tok, seqlen)
+    assert new.shape == a.shape and not torch.equal(new, a)
+    # every window is a contiguous piece of one document
+    doc_ids = [tok(d, return_tensors="pt").input_ids[0].tolist() for d in docs]
+    for w in a.view(256, seqlen).tolist()[:20]:
+        assert any(any(ids[i:i + seqlen] == w for i in range(len(ids) - seqlen + 1)) for ids in doc_ids)
+
+
+def test_unknown_variant_is_a_usage_error(data):
+    with pytest.raises(UsageError, match="variant"):
+        D.eval_text("ptb", data, "older")
+
+
+def test_eval_variant_defaults_follow_the_authors_entry_scripts():
+    import opt
+    assert opt.parse_args(["m", "wikitext2"]).eval_variant == "new"
+    assert opt.parse_args(["m", "wikitext2"], family="llama").eval_variant == "old"
+    assert opt.parse_args(["m", "wikitext2", "--eval-variant", "old"]).eval_variant == "old"

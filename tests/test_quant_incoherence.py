@@ -58,3 +58,33 @@ def test_dead_inputs_are_zeroed_and_damped():
     H = torch.diag(torch.tensor([1.0, 0.0, 2.0, 3.0], dtype=torch.float64))
     Wd, Hd = I.damp(W, H, 0.1)
     assert torch.all(Wd[:, 1] == 0) and Hd[1, 1] == 1 + 0.1 * 7 / 4
+
+
+def _dead_input_problem():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(200, 16, generator=g, dtype=torch.float64)
+    X[:, 5] = 0.0  # input 5 never fires during calibration
+    return torch.randn(12, 16, generator=g, dtype=torch.float64) * 0.1, X.T @ X / 200
+
+
+@pytest.mark.parametrize("bits", [2, 3])
+def test_dead_inputs_zeroed_after_undo_keep_reproduces_quip(bits):
+    from quant.driver import QuantConfig, dead_columns, dequantize, quantize_linear
+    W, H = _dead_input_problem()
+    assert dead_columns(H).nonzero().flatten().tolist() == [5]
+    cfg = dict(wbits=bits, method="ldlqRG", qfn="b", rescale=True, proj="butterfly")
+    Qk, rk = quantize_linear(W, H, QuantConfig(**cfg, dead_inputs="keep"), seed=1)
+    Qz, rz = quantize_linear(W, H, QuantConfig(**cfg, dead_inputs="zero"), seed=1)
+    # QuIP's code: undoing the clamped column scale blows the dead column up far beyond the weights' range
+    assert Qk[:, 5].abs().max() > 10 * W.abs().max()
+    assert torch.all(Qz[:, 5] == 0) and rz.dead.tolist() == [j == 5 for j in range(16)]
+    assert torch.equal(Qz[:, :5], Qk[:, :5]) and torch.equal(Qz[:, 6:], Qk[:, 6:])
+    assert rz.proxy == pytest.approx(rk.proxy, abs=1e-9)  # a dead input adds nothing to the proxy loss
+    assert torch.equal(dequantize(rz, QuantConfig(**cfg), tuple(W.shape)), Qz)  # the saved codes rebuild it
+
+
+def test_dead_input_fix_leaves_runs_without_rescale_alone():
+    from quant.driver import QuantConfig, quantize_linear
+    W, H = _dead_input_problem()
+    Q, rec = quantize_linear(W, H, QuantConfig(wbits=2, method="gptq", qfn="a"), seed=0)
+    assert rec.dead is None
