@@ -194,7 +194,11 @@ def load_script(path):
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ModuleNotFoundError as err:  # upstream's own dependencies (click, imageio, psutil, ...)
+        raise UsageError(f"{os.path.basename(path)} needs the module {err.name!r}, which this python "
+                         "lacks; install upstream's requirements")
     return module
 
 

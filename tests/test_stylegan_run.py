@@ -181,3 +181,9 @@ def test_torch_on_cpu_maps_cuda_devices_and_times_with_the_clock():
     end.record()
     assert end.elapsed_time(start) <= 0 <= start.elapsed_time(end)
     assert on_cpu.cuda.max_memory_allocated(0) == 0 and on_cpu.cuda.is_available() == torch.cuda.is_available()
+
+
+def test_a_missing_upstream_dependency_is_one_line(clone):
+    (clone / "generate.py").write_text("import rlo_no_such_module\n")
+    proc = run(clone, "--device", "cpu", "--script", "generate.py")
+    assert proc.returncode == 2 and "'rlo_no_such_module'" in proc.stderr and proc.stderr.count("\n") == 1
