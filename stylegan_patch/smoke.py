@@ -1,6 +1,6 @@
 """Smoke check of the patch in upstream's real training loop: a few iterations with CE and with RLO.
 
-    OMP_NUM_THREADS=1 python -m stylegan_patch.smoke CLONE [--steps 2] [--k 2] [--out DIR]
+    OMP_NUM_THREADS=1 python -m stylegan_patch.smoke CLONE [--steps 2] [--k 2] [--out DIR] [--loss both|ce|rlo]
 
 CLONE (NVlabs/stylegan2-ada-pytorch) is copied to OUT/clone (the clone itself is not touched), the copy
 is patched with stylegan_patch/apply.py, and a tiny random 16x16 image folder is made. Then the real
@@ -151,6 +151,8 @@ def parse_args(argv=None):
     p.add_argument("--k", type=float, default=2.0, help="k of the rooted loss (RLO_K)")
     p.add_argument("--out", type=str, default=os.path.join("runs", "stylegan_smoke"), help="work folder")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the training runs")
+    p.add_argument("--loss", type=str, default="both", choices=("both", "ce", "rlo"),
+                   help="which runs to make (both: ce then rlo; one of them to run the two in parallel)")
     return p.parse_args(argv)
 
 
@@ -164,7 +166,7 @@ def main(args):
     data = os.path.join(out, "data")
     make_dataset(data)
     rows = [run_one(os.path.join(out, "clone"), out, data, loss, args.k, args.steps, args.threads)
-            for loss in ("ce", "rlo")]
+            for loss in (("ce", "rlo") if args.loss == "both" else (args.loss,))]
     atomic_write_json(os.path.join(out, "smoke.json"), {"rows": rows, "argv": sys.argv})
     print(table(rows))
     if not all(r["ok"] for r in rows):
