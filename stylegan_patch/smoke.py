@@ -14,7 +14,6 @@ and upstream's own stats.jsonl must hold the same values (count and mean per sta
 OUT/smoke.json and prints a table; exits 1 when a check fails. On a 2-core CPU one run of 2 steps takes
 several minutes (mostly network construction and the first iteration).
 """
-import json
 import os
 import shutil
 import subprocess
