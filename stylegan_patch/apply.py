@@ -15,17 +15,19 @@ RLO_LOSS=ce and k * exp(softplus(-x) / k) (= k (1 + exp(-x))^(1/k), losses.roote
 linear continuation above losses.log_weight_cap(dtype)) when RLO_LOSS=rlo; k is RLO_K. Both environment
 variables are read on every call, so switching needs no further edit; --k / --loss set the defaults
 used when they are unset. NVIDIA's file is never shipped: only the user's clone is edited.
+
+This file is run in the clone's own environment (upstream documents Python 3.7 and PyTorch 1.7.1), so
+it uses the standard library alone, nothing newer than Python 3.7, and none of this project's modules.
 """
+import argparse
 import ast
+import bisect
+import io
 import os
 import re
 import sys
-
-if __package__ in (None, ""):  # run as a script: make the project importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from utils.cli import ArgumentParser, UsageError, run_cli  # noqa: E402
-from utils.runio import atomic_write_bytes  # noqa: E402
+import tempfile
+import tokenize
 
 LOSS_CHOICES = ("rlo", "ce")
 BACKUP_SUFFIX = ".rlo-orig"
@@ -37,9 +39,22 @@ TAG = "  # rlo-patch, was: "
 TARGETS = {"loss_Gmain": ("gen_logits", "-"), "loss_Dgen": ("gen_logits", ""),
            "loss_Dreal": ("real_logits", "-")}
 _SOFTPLUS = r"(?:torch\.nn\.functional|nn\.functional|F)\.softplus"
-LINE_RE = re.compile(r"^(?P<head>\s*(?P<var>loss_Gmain|loss_Dgen|loss_Dreal)\s*=\s*)"
-                     r"(?P<expr>" + _SOFTPLUS + r"\(\s*(?P<sign>-?)\s*(?P<arg>gen_logits|real_logits)\s*\))"
-                     r"(?P<tail>.*)$", re.S)
+_CALL = _SOFTPLUS + r"\(\s*(?P<sign>-?)\s*(?P<arg>gen_logits|real_logits)\s*\)"
+# upstream's line: the assignment alone, optionally followed by a comment (its `# -log(...)`)
+LINE_RE = re.compile(r"^(?P<head>\s*(?P<var>loss_Gmain|loss_Dgen|loss_Dreal)\s*=\s*)(?P<expr>" + _CALL + r")"
+                     r"(?P<tail>\s*(?:#.*)?)$", re.S)
+# the same call followed by anything at all: used only to name what follows it in the refusal
+LOOSE_RE = re.compile(r"^\s*(?:loss_Gmain|loss_Dgen|loss_Dreal)\s*=\s*" + _CALL + r"(?P<rest>.*)$", re.S)
+PATCHED_RE = re.compile(r"^(?P<head>\s*(?P<var>loss_Gmain|loss_Dgen|loss_Dreal)\s*=\s*)"
+                        r"_rlo_gan_loss\((?P<arg>-?(?:gen_logits|real_logits))\)$", re.S)
+# rooted-loss arithmetic a modified loss.py may already carry, e.g. the authors' StyleGAN2-ADA-RLO
+# `k * torch.pow(1. + torch.exp(-gen_logits), 1/k)`, or a stray call of this patch's helper
+ROOTED_RE = re.compile(r"pow\(\s*1\.?0*\s*\+\s*(?:torch\.|np\.)?exp\("
+                       r"|\(\s*1\.?0*\s*\+\s*(?:torch\.|np\.)?exp\([^()]*\)\s*\)\s*\*\*"
+                       r"|exp\(\s*" + _SOFTPLUS + r"|\b_rlo_gan_loss\b|\brooted_logit\b")
+# upstream guards the three lines only by the training phase: `if do_Gmain:`, `if do_Dmain or do_Dr1:`
+# (StyleGAN2-ADA) or `if phase in ['Dmain', 'Dboth']:` (StyleGAN3)
+PHASE_NAME_RE = re.compile(r"^do_\w+$")
 
 HELPER = '''\
 import math as _rlo_math
@@ -77,6 +92,11 @@ def _rlo_gan_loss(x):
     tc = t.clamp(max=_rlo_log_weight_cap(x.dtype))
     return k * (_rlo_torch.exp(tc) * (1 + (t - tc)))
 '''
+DEFAULTS_RE = re.compile(r"^_RLO_DEFAULT_(?P<name>LOSS|K) = (?P<value>.*?)  #", re.M)
+
+
+class UsageError(Exception):
+    """An error the user caused; main() callers print it as one `error:` line (as utils.cli does)."""
 
 
 # --------------------------------------------------------------------------------------- text edits
@@ -91,15 +111,113 @@ def _split_newline(line):
     return stripped, line[len(stripped):]
 
 
-def _find_targets(lines):
-    """Index of each of the three upstream loss lines; UsageError naming what is missing or doubled."""
-    found = {}
+def _parse(text):
+    """(ast tree, sorted line numbers where logical lines end); UsageError if it is not Python."""
+    source = text.lstrip("\ufeff")
+    try:
+        tree = ast.parse(source)
+        ends = [tok.end[0] for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.NEWLINE]
+    except (SyntaxError, ValueError, UnicodeError, tokenize.TokenError):
+        raise UsageError("loss.py is not valid Python; nothing was changed")
+    return tree, ends
+
+
+def _parents(tree):
+    parents = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+    return parents
+
+
+def _is_phase_test(test):
+    """True for upstream's phase guards: do_X, do_X or do_Y, phase in [...] / phase == '...'."""
+    if isinstance(test, ast.Name):
+        return bool(PHASE_NAME_RE.match(test.id))
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.Or):
+        return all(_is_phase_test(value) for value in test.values)
+    if isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "phase":
+        return len(test.ops) == 1 and isinstance(test.ops[0], (ast.In, ast.Eq))
+    return False
+
+
+def _foreign_block(node, parents):
+    """The first enclosing statement that upstream does not put around a loss line, or None."""
+    node = parents.get(node)
+    while node is not None and not isinstance(node, (ast.FunctionDef, ast.Module)):
+        if isinstance(node, ast.If):
+            if not _is_phase_test(node.test) or node.orelse:
+                return node
+        elif not isinstance(node, ast.With):
+            return node
+        node = parents.get(node)
+    return None
+
+
+def _assigned_targets(node):
+    """Names among the three loss variables that statement `node` assigns."""
+    if isinstance(node, ast.Assign):
+        targets = node.targets
+    elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+        targets = [node.target]
+    else:
+        return []
+    return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name) and n.id in TARGETS]
+
+
+def _is_zero(node):
+    """`loss_Dgen = 0`: upstream's initialisers, left alone."""
+    if not (isinstance(node, ast.Assign) and len(node.targets) == 1):
+        return False
+    try:
+        return ast.literal_eval(node.value) == 0
+    except ValueError:
+        return False
+
+
+def _refuse_rooted(lines):
     for i, line in enumerate(lines):
-        m = LINE_RE.match(_split_newline(line)[0])
-        if m and TARGETS[m["var"]] == (m["arg"], m["sign"]):
-            if m["var"] in found:
-                raise UsageError(f"{m['var']} = softplus(...) appears twice; cannot tell which to patch")
-            found[m["var"]] = i
+        code = line.split("#", 1)[0]
+        if ROOTED_RE.search(code):
+            raise UsageError(f"line {i + 1} already computes a rooted loss of its own ({code.strip()}); "
+                             "this is a modified loss.py (e.g. the authors' StyleGAN2-ADA-RLO one), not "
+                             "upstream's: patch a clean clone instead; nothing was changed")
+
+
+def _check_target(node, line, parents):
+    """UsageError unless `line` (the statement `node`) is one of upstream's three loss lines."""
+    where = f"line {node.lineno} ({line.strip()})"
+    m = LINE_RE.match(line)
+    loose = LOOSE_RE.match(line)
+    if m is None and loose is not None:
+        raise UsageError(f"{where} has code after the softplus call ({loose.group('rest').strip()}); "
+                         "patching only the call would change what that code means; nothing was changed")
+    if m is None or TARGETS[m.group("var")] != (m.group("arg"), m.group("sign")):
+        raise UsageError(f"{where} assigns a loss variable with something other than upstream's "
+                         "softplus line; this loss.py was modified; nothing was changed")
+    block = _foreign_block(node, parents)
+    if block is not None:
+        kind = type(block).__name__.lower()
+        raise UsageError(f"{where} sits inside a {kind} block at line {block.lineno} that upstream does not "
+                         "have (it guards the line by the training phase only); this loss.py was "
+                         "modified; nothing was changed")
+    return m
+
+
+def _find_targets(lines, tree):
+    """Index of each of the three upstream loss lines; UsageError naming what is wrong or missing."""
+    parents = _parents(tree)
+    found = {}
+    for node in ast.walk(tree):
+        names = _assigned_targets(node)
+        if not names or _is_zero(node):
+            continue
+        m = _check_target(node, _split_newline(lines[node.lineno - 1])[0], parents)
+        var = m.group("var")
+        if var in found:
+            raise UsageError(f"{var} = softplus(...) appears twice; cannot tell which to patch")
+        found[var] = node.lineno - 1
     missing = [v for v in TARGETS if v not in found]
     if missing:
         wanted = ", ".join(f"{v} = softplus({TARGETS[v][1]}{TARGETS[v][0]})" for v in missing)
@@ -107,18 +225,15 @@ def _find_targets(lines):
     return found
 
 
-def _insert_at(lines):
+def _insert_at(tree, ends):
     """Line index after the last top-level import that precedes the first top-level class/def."""
-    try:
-        body = ast.parse("".join(lines).lstrip("\ufeff")).body
-    except SyntaxError:
-        raise UsageError("loss.py is not valid Python; nothing was changed")
     where = 0
-    for node in body:
+    for node in tree.body:
         if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
             break
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            where = node.end_lineno  # multi-line imports end here
+            # a multi-line import ends at the first logical-line end at or after its first line
+            where = ends[bisect.bisect_left(ends, node.lineno)]
     return where
 
 
@@ -127,38 +242,76 @@ def patch_text(text, k=2.0, loss="rlo"):
     if BEGIN in text:
         raise UsageError("text is already patched; unpatch it first")
     lines = text.splitlines(keepends=True)
-    found = _find_targets(lines)
+    tree, ends = _parse(text)
+    _refuse_rooted(lines)
+    found = _find_targets(lines, tree)
     for var, i in found.items():
         content, nl = _split_newline(lines[i])
         m = LINE_RE.match(content)
-        arg = ("-" if TARGETS[var][1] == "" else "") + m["arg"]  # label -1 for loss_Dgen
-        lines[i] = f"{m['head']}_rlo_gan_loss({arg}){m['tail']}{TAG}{m['expr']}{nl}"
-    at = _insert_at(lines)
+        arg = ("-" if TARGETS[var][1] == "" else "") + m.group("arg")  # label -1 for loss_Dgen
+        # upstream's comment (`# -log(sigmoid(gen_logits))`) describes the old expression: keep it after
+        # `was:` so that it reads as part of the original line, which --revert puts back
+        lines[i] = f"{m.group('head')}_rlo_gan_loss({arg}){TAG}{m.group('expr')}{m.group('tail')}{nl}"
+    at = _insert_at(tree, ends)
     newline = "\r\n" if lines[0].endswith("\r\n") else "\n"
     if at > 0 and not lines[at - 1].endswith(("\n", "\r")):
         raise UsageError("loss.py ends right after its imports; not an upstream StyleGAN loss.py")
     return "".join(lines[:at] + helper_block(k, loss, newline) + lines[at:])
 
 
-def unpatch_text(text):
-    """The original text back from patched text (inverse of patch_text, byte for byte)."""
-    lines = text.splitlines(keepends=True)
-    try:
-        start = next(i for i, line in enumerate(lines) if line.rstrip("\r\n") == BEGIN)
-        stop = next(i for i in range(start, len(lines)) if lines[i].rstrip("\r\n") == END)
-    except StopIteration:
+def _helper_span(lines):
+    """(start, stop) of the marker lines; UsageError unless the block is exactly one this file wrote."""
+    starts = [i for i, line in enumerate(lines) if line.rstrip("\r\n") == BEGIN]
+    stops = [i for i, line in enumerate(lines) if line.rstrip("\r\n") == END]
+    if len(starts) != 1 or len(stops) != 1 or stops[0] < starts[0]:
         raise UsageError("the rooted-loss patch markers are missing or damaged; restore the backup by hand")
-    lines = lines[:start] + lines[stop + 1:]
-    for i, line in enumerate(lines):
+    start, stop = starts[0], stops[0]
+    block = lines[start:stop + 1]
+    defaults = {m.group("name"): m.group("value") for m in DEFAULTS_RE.finditer("".join(block))}
+    try:
+        loss, k = ast.literal_eval(defaults["LOSS"]), ast.literal_eval(defaults["K"])
+        expected = helper_block(k, loss, _split_newline(block[0])[1])
+    except (KeyError, ValueError, SyntaxError, TypeError):
+        expected = None
+    if block != expected:
+        raise UsageError("the helper between the rooted-loss patch markers was edited after patching; "
+                         "restore the backup by hand")
+    return start, stop
+
+
+def _unpatch_line(number, content):
+    """The original line back from a patched one; UsageError if either half was edited."""
+    code, was = content.split(TAG, 1)
+    m = PATCHED_RE.match(code)
+    original = LINE_RE.match(m.group("head") + was) if m else None
+    if original is not None:
+        arg, sign = TARGETS[original.group("var")]
+        same_source = (original.group("arg"), original.group("sign")) == (arg, sign)
+        same_call = m.group("arg") == ("" if sign else "-") + arg
+        if original.group("var") == m.group("var") and same_source and same_call:
+            return original.group(0)
+    raise UsageError(f"patched line {number} was edited after patching ({content.strip()}); "
+                     "restore the backup by hand")
+
+
+def unpatch_text(text):
+    """The original text back from patched text (inverse of patch_text, byte for byte).
+
+    Refuses (UsageError) when the helper block or any of the three patched lines was edited, or when
+    `_rlo_gan_loss` is called anywhere else: only the patch's own edits are undone, never guessed.
+    """
+    lines = text.splitlines(keepends=True)
+    start, stop = _helper_span(lines)
+    kept = lines[:start] + lines[stop + 1:]
+    numbers = list(range(1, start + 1)) + list(range(stop + 2, len(lines) + 1))  # line numbers in `text`
+    for i, (number, line) in enumerate(zip(numbers, kept)):
         content, nl = _split_newline(line)
-        if TAG not in content:
-            continue
-        code, expr = content.rsplit(TAG, 1)
-        lines[i] = re.sub(r"_rlo_gan_loss\(-?\w+\)", lambda _: expr, code, count=1) + nl
-    original = "".join(lines)
-    if "_rlo_gan_loss" in original:  # a patched line was edited by hand: do not guess
-        raise UsageError("a patched loss line was edited after patching; restore the backup by hand")
-    return original
+        if TAG in content:
+            kept[i] = _unpatch_line(number, content) + nl
+        elif "_rlo_gan_loss" in content:
+            raise UsageError(f"line {number} calls _rlo_gan_loss but is not one of the patched lines; "
+                             "restore the backup by hand")
+    return "".join(kept)
 
 
 # ------------------------------------------------------------------------------------------- files
@@ -178,12 +331,25 @@ def read_text(path):
 
 
 def write_text(path, text, mode_from=None):
-    """Atomic write that keeps the permission bits of `mode_from` (default: the file it replaces)."""
+    """Atomic write (temporary file, fsync, rename) keeping the permission bits of `mode_from`.
+
+    `mode_from` defaults to the file being replaced. Done here rather than with utils.runio so that
+    the patcher needs no project module (and no torch) in the clone's environment.
+    """
     source = mode_from or path
-    mode = os.stat(source).st_mode & 0o7777 if os.path.exists(source) else None
-    atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
-    if mode is not None:
-        os.chmod(path, mode)
+    mode = os.stat(source).st_mode & 0o7777 if os.path.exists(source) else 0o644
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-rlo-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8", errors="surrogateescape"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def apply(target, k, loss):
@@ -216,6 +382,27 @@ def revert(target):
 
 
 # --------------------------------------------------------------------------------------------- CLI
+def fail(message):
+    """Print `error: message` on stderr and exit with status 2 (the project's convention)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one `error:` line and status 2 (as utils.cli.ArgumentParser)."""
+
+    def error(self, message):
+        fail(message)
+
+
+def run_cli(main, args):
+    """Call main(args), turning a UsageError into a one-line exit with status 2."""
+    try:
+        return main(args)
+    except UsageError as err:
+        fail(str(err))
+
+
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("path", metavar="PATH_TO_CLONE", type=str,

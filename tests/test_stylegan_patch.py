@@ -10,15 +10,16 @@ import torch.nn.functional as F
 
 import losses
 from stylegan_patch import apply as patcher
-from utils.cli import run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Our own small module with the three upstream loss lines in their usual places: indented, with and
-# without trailing comments, one of them one level deeper.
+# Our own small module with the three upstream loss lines guarded as upstream guards them (by the
+# training phase: StyleGAN2-ADA's `if do_Dmain:`, StyleGAN3's `if phase in [...]:`, inside `with`
+# blocks), with and without trailing comments.
 FIXTURE = """\
 # A stand-in for training/loss.py written for these tests.
 
+import contextlib
 import numpy as np
 import torch
 from collections import OrderedDict
@@ -26,15 +27,25 @@ from collections import OrderedDict
 #----------------------------------------------------------------------------
 
 class TinyLoss:
-    def losses(self, gen_logits, real_logits):
-        loss_Gmain = torch.nn.functional.softplus(-gen_logits) # -log(sigmoid(gen_logits))
-        loss_Dgen = torch.nn.functional.softplus(gen_logits)
-        if real_logits is not None:
-            loss_Dreal = torch.nn.functional.softplus(-real_logits)  # real images
+    def losses(self, gen_logits, real_logits, phase='Dboth'):
+        do_Gmain = True
+        do_Dmain, do_Dr1 = True, False
+        if do_Gmain:
+            with contextlib.suppress():
+                loss_Gmain = torch.nn.functional.softplus(-gen_logits) # -log(sigmoid(gen_logits))
+        loss_Dgen = 0
+        if do_Dmain:
+            loss_Dgen = torch.nn.functional.softplus(gen_logits)
+        if do_Dmain or do_Dr1:
+            loss_Dreal = 0
+            if phase in ['Dmain', 'Dboth']:
+                loss_Dreal = torch.nn.functional.softplus(-real_logits)  # real images
         return loss_Gmain, loss_Dgen, loss_Dreal
 
 #----------------------------------------------------------------------------
 """
+AUTHORS_FIXTURE = os.path.join(REPO, "tests", "fixtures", "stylegan_authors_rlo_loss.py.txt")
+GMAIN = "loss_Gmain = torch.nn.functional.softplus(-gen_logits) # -log(sigmoid(gen_logits))"
 
 
 def write_clone(tmp_path, text=FIXTURE, newline="\n", bom=False):
@@ -46,7 +57,7 @@ def write_clone(tmp_path, text=FIXTURE, newline="\n", bom=False):
 
 
 def cli(*argv):
-    return run_cli(patcher.main, patcher.parse_args([str(a) for a in argv]))
+    return patcher.run_cli(patcher.main, patcher.parse_args([str(a) for a in argv]))
 
 
 def load_module(path, name="patched_loss"):
@@ -220,3 +231,100 @@ def test_patched_module_uses_the_right_signs(tmp_path, monkeypatch):
     monkeypatch.setenv("RLO_LOSS", "ce")
     for ours, theirs in zip(patched.losses(gen, real), original.losses(gen, real)):
         assert torch.equal(ours, theirs)
+
+
+def assert_refused(tmp_path, capsys, text, *words):
+    """Patching `text` exits 2 with one `error:` line naming `words`, and touches nothing."""
+    path = write_clone(tmp_path, text=text)
+    with pytest.raises(SystemExit) as exit_info:
+        cli(tmp_path)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    for word in words:
+        assert word in err
+    assert path.read_text() == text
+    assert os.listdir(tmp_path / "training") == ["loss.py"]
+    return err
+
+
+def test_patched_line_does_not_keep_the_stale_comment(tmp_path):
+    path = write_clone(tmp_path)
+    cli(tmp_path)
+    line = next(s for s in path.read_text().splitlines() if "loss_Gmain =" in s)
+    code = line.split("#", 1)[0]
+    assert code.strip() == "loss_Gmain = _rlo_gan_loss(gen_logits)"
+    assert line.endswith("# rlo-patch, was: torch.nn.functional.softplus(-gen_logits) # -log(sigmoid(gen_logits))")
+
+
+@pytest.mark.parametrize("wrap,opener", [
+    ("if use_ce:\n{line}\nelse:\n    pass", "if"),                # a branch chosen by something else
+    ("if do_Gmain:\n{line}\nelse:\n    pass", "if"),              # a phase guard, but with an else branch
+    ("for _ in range(1):\n{line}", "for"),
+    ("try:\n{line}\nexcept ValueError:\n    pass", "try"),
+])
+def test_refuses_a_line_inside_a_block_upstream_does_not_have(tmp_path, capsys, wrap, opener):
+    indent = " " * 16
+    block = wrap.format(line="    " + GMAIN).replace("\n", "\n" + indent)
+    text = FIXTURE.replace(GMAIN, block)
+    err = assert_refused(tmp_path, capsys, text, "loss_Gmain", f"inside a {opener} block")
+    assert "nothing was changed" in err
+
+
+@pytest.mark.parametrize("tail", [" * 0.5", ".mean()", "; extra = 1", " + 0 # comment"])
+def test_refuses_code_after_the_call(tmp_path, capsys, tail):
+    text = FIXTURE.replace("softplus(gen_logits)\n", "softplus(gen_logits)" + tail + "\n")
+    assert_refused(tmp_path, capsys, text, "loss_Dgen", "code after the softplus call", tail.strip()[:3])
+
+
+def test_refuses_another_assignment_of_a_loss_variable(tmp_path, capsys):
+    text = FIXTURE.replace("        return loss_Gmain", "        loss_Gmain = loss_Gmain * 2\n        return loss_Gmain")
+    assert_refused(tmp_path, capsys, text, "loss_Gmain = loss_Gmain * 2", "modified")
+
+
+def test_refuses_the_authors_modified_loss(tmp_path, capsys):
+    with open(AUTHORS_FIXTURE, encoding="utf-8") as f:
+        text = f.read()
+    assert_refused(tmp_path, capsys, text, "rooted loss of its own", "torch.pow(1. + torch.exp(-gen_logits)")
+    # without its rooted branches, the softplus lines still sit inside the authors' if/elif on `ls`
+    ce_only = "\n".join(line for line in text.splitlines() if "kparam *" not in line and "elif" not in line)
+    assert_refused(tmp_path, capsys, ce_only + "\n", "inside a if block")
+
+
+@pytest.mark.parametrize("old,new", [
+    ("_rlo_gan_loss(gen_logits)  #", "_rlo_gan_loss(gen_logits) * 2  #"),          # code appended
+    ("_rlo_gan_loss(gen_logits)  #", "_rlo_gan_loss(-gen_logits)  #"),             # sign flipped
+    ("was: torch.nn.functional.softplus(-gen_logits)", "was: torch.nn.functional.softplus(gen_logits)"),
+    ("_rlo_gan_loss(gen_logits)  # rlo-patch, was: torch.nn.functional.softplus(-gen_logits) # -log(sigmoid(gen_logits))",
+     "_rlo_gan_loss(gen_logits)"),                                                 # tag removed
+    ("finfo(work).max) - 16.0", "finfo(work).max) - 6.0"),                         # helper edited
+])
+def test_revert_refuses_any_edit_of_the_patch_itself(tmp_path, capsys, old, new):
+    path = write_clone(tmp_path)
+    cli(tmp_path)
+    text = path.read_text()
+    assert old in text
+    edited = text.replace(old, new, 1)
+    path.write_text(edited)
+    for argv in ([tmp_path, "--revert"], [tmp_path, "--k", 3]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli(*argv)
+        assert exit_info.value.code == 2 and "restore the backup by hand" in capsys.readouterr().err
+        assert path.read_text() == edited
+
+
+def test_revert_keeps_edits_elsewhere_and_the_backup(tmp_path):
+    path = write_clone(tmp_path)
+    backup = tmp_path / "training" / ("loss.py" + patcher.BACKUP_SUFFIX)
+    cli(tmp_path)
+    path.write_text(path.read_text().replace("return loss_Gmain,", "return (loss_Gmain),"))
+    message = cli(tmp_path, "--revert")
+    assert "backup left" in message
+    assert path.read_text() == FIXTURE.replace("return loss_Gmain,", "return (loss_Gmain),")
+    assert backup.read_text() == FIXTURE
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_log_weight_cap_is_the_projects(dtype):
+    scope = {}
+    exec(patcher.HELPER.format(k=2.0, loss="rlo"), scope)  # the helper as inserted into loss.py
+    assert scope["_rlo_log_weight_cap"](dtype) == pytest.approx(losses.log_weight_cap(dtype))
