@@ -36,16 +36,6 @@ def accuracy(model, X, y):
     return (model(X).argmax(1) == y).float().mean().item()
 
 
-def probability_grid(model, lim=1.2, res=300):
-    """P(class 1) on a res x res grid over [-lim, lim]^2: (xs, ys, probs) as numpy arrays."""
-    import torch
-    xs = torch.linspace(-lim, lim, res)
-    gx, gy = torch.meshgrid(xs, xs, indexing="xy")
-    with torch.no_grad():
-        probs = torch.softmax(model(torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)), 1)[:, 1]
-    return gx.numpy(), gy.numpy(), probs.reshape(res, res).numpy()
-
-
 def mean_margin(model, X, y, lim=1.2, res=300):
     """Mean input-space distance from correctly classified points to the decision boundary.
 
@@ -54,6 +44,7 @@ def mean_margin(model, X, y, lim=1.2, res=300):
     import numpy as np
     import torch
     from scipy.spatial import cKDTree
+    from utils.spiral import probability_grid
     gx, gy, probs = probability_grid(model, lim, res)
     cls = probs >= 0.5
     edge = np.zeros_like(cls)

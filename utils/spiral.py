@@ -37,3 +37,13 @@ def spiral_data(config):
     X, y = make_spiral(config["n"], config["noise"], config["data_seed"])
     tr, te = split(config["n"], config["train_frac"], config["data_seed"])
     return X[tr], y[tr], X[te], y[te]
+
+
+def probability_grid(model, lim=1.2, res=300):
+    """P(class 1) on a res x res grid over [-lim, lim]^2: (xs, ys, probs) as numpy arrays."""
+    import torch
+    xs = torch.linspace(-lim, lim, res)
+    gx, gy = torch.meshgrid(xs, xs, indexing="xy")
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.stack([gx.reshape(-1), gy.reshape(-1)], 1)), 1)[:, 1]
+    return gx.numpy(), gy.numpy(), probs.reshape(res, res).numpy()
