@@ -4,8 +4,8 @@ Time is the median of --repeats runs in this process. Peak memory is measured in
 case as the rise of the peak resident set size (VmHWM, reset once the inputs exist), so it
 counts everything the loss and its backward allocate (including the gradient of the logits).
 
-    python scripts/bench_losses.py                     # writes results/bench_losses.md
-    python scripts/bench_losses.py --quick             # small sizes only, for a smoke run
+    python -m scripts.bench_losses                     # writes results/bench_losses.md
+    python -m scripts.bench_losses --quick             # small sizes only, for a smoke run
 """
 import argparse
 import json
@@ -16,14 +16,12 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import losses  # noqa: E402
-from utils.memory import peak_rss, reset_peak_rss  # noqa: E402,F401  (peak_rss: read by the subprocess)
-from utils.runio import atomic_write_text  # noqa: E402
+import losses
+from utils.memory import peak_rss, reset_peak_rss  # noqa: F401  (peak_rss: read by the subprocess)
+from utils.runio import atomic_write_text
 
 SIZES = [(256, 10), (4096, 1000), (4096, 50272)]
 LINEAR = (4096, 768, 50272)  # tokens, hidden, vocab
@@ -79,10 +77,10 @@ def run_linear(case, n, h, v):
 
 def peak_in_subprocess(kind, case, dims):
     """Peak bytes allocated above the inputs, measured in a fresh interpreter."""
-    code = ("import sys, json; sys.path.insert(0, %r); import scripts.bench_losses as b; "
-            "base = b.%s(%r, *%r); print(json.dumps(b.peak_rss() - base))"
-            % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), kind, case, tuple(dims)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = ("import json; import scripts.bench_losses as b; "
+            "base = b.%s(%r, *%r); print(json.dumps(b.peak_rss() - base))" % (kind, case, tuple(dims)))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # `-c` imports from the working directory
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=repo)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -181,7 +179,7 @@ def main(args):
     rows = bench_losses(sizes, args.repeats)
     linear_rows = bench_linear(dims, args.repeats)
     print(linear_rows, flush=True)
-    command = "python scripts/bench_losses.py" + (" --quick" if args.quick else "") + \
+    command = "python -m scripts.bench_losses" + (" --quick" if args.quick else "") + \
         (f" --repeats {args.repeats}" if args.repeats != 5 else "")
     write_report(args.out, rows, linear_rows, dims, args.repeats, command)
     print(f"wrote {args.out}")

@@ -5,23 +5,20 @@ Each timing covers the whole call (the LDL / Cholesky factorisation included), o
 correlated H. The three methods are measured interleaved (A B C A B C ...) and the median of --repeats
 is reported, because the machine may be shared. Blocked and unblocked codes are checked to be identical.
 
-    python scripts/bench_quant.py                 # full table -> results/bench_quant.md
-    python scripts/bench_quant.py --quick         # one small shape, for a smoke run
+    python -m scripts.bench_quant                 # full table -> results/bench_quant.md
+    python -m scripts.bench_quant --quick         # one small shape, for a smoke run
 """
 import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from quant import rounding  # noqa: E402
-from quant.quantizers import QUANTIZERS  # noqa: E402
-from utils.runio import atomic_write_text, git_commit  # noqa: E402
+from quant import rounding
+from quant.quantizers import QUANTIZERS
+from utils.runio import atomic_write_text, git_commit
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072)]
 METHODS = {
@@ -95,7 +92,7 @@ def main(args):
             print(f"{m}x{d} {bits}-bit:", {k: round(v, 3) for k, v in rows[(m, d, bits)][0].items()},
                   flush=True)
     header = (f"# Rounding speed: blocked LDLQ vs unblocked LDLQ vs GPTQ\n\n"
-              f"`python scripts/bench_quant.py{' --quick' if args.quick else ''}` "
+              f"`python -m scripts.bench_quant{' --quick' if args.quick else ''}` "
               f"(commit {git_commit()}), {platform.processor() or platform.machine()}, "
               f"torch {torch.__version__}, {args.threads} thread(s), float32 loops, float64 factorisation, "
               f"quantizer 'b'. Median of {repeats} interleaved runs per cell; the machine was shared with "
