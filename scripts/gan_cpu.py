@@ -100,8 +100,10 @@ def interval(v):
 
 
 def command_of(config):
-    argv = config.get("argv") or ["gan.py"]
-    return "python " + " ".join([os.path.basename(argv[0])] + list(argv[1:]))
+    """The command that finished the run: the last --resume's if it was resumed."""
+    resumes = config.get("resumes") or []
+    argv = (resumes[-1].get("argv") if resumes else None) or config.get("argv") or ["gan.py"]
+    return "python " + " ".join([os.path.basename(argv[0])] + list(argv[1:])) + (" (resumed)" if resumes else "")
 
 
 def section_lines(root, runs, rows, verdict):
@@ -180,7 +182,7 @@ def copy_samples(settings, out_dir):
                 shutil.copyfile(src, os.path.join(out_dir, sample_name(run)))
 
 
-def report_lines(settings, rows, verdicts, paper, figure):
+def report_lines(settings, rows, verdicts, paper, figure, note=None):
     kid_units = settings[0][1][0]["results"].get("kid_units", "unbiased MMD^2, raw units")
     by_setting = {v["setting"]: v for v in verdicts if "setting" in v}
     paper_text = ", ".join(f"{p['loss'].upper()}{' (k=%g)' % p['k'] if p['k'] else ''} FID {p['fid']:g}"
@@ -192,7 +194,10 @@ def report_lines(settings, rows, verdicts, paper, figure):
              f"runs; lower is better). KID: {kid_units}. Train time excludes scoring; the machine was shared with "
              "other jobs, so times are noisy.", "",
              f"Paper (StyleGAN2-ADA, 200 FFHQ images at 64x64, Inception FID): {paper_text}. Its scale is not ours, "
-             "so the verdicts test only the direction of the effect.", "", "## Verdict", "", report.RULE_TEXT, ""]
+             "so the verdicts test only the direction of the effect.", ""]
+    if note:
+        lines += [f"**Note:** {note}", ""]
+    lines += ["## Verdict", "", report.RULE_TEXT, ""]
     lines += [f"- **{v['claim']}**: {v['verdict']} (" + "; ".join(
         f"{by_setting[s]['setting']}: {by_setting[s]['verdict']}" for s in (name.split(', ', 1)[1] for name in
                                                                             v["settings"])) + ")"
@@ -217,6 +222,7 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=report.RESULTS, help="where the report and figures go (default: results/)")
     p.add_argument("--no-figures", dest="figures", action="store_false",
                    help="skip the score-vs-time figure and the sample grids")
+    p.add_argument("--note", default=None, help="a sentence printed under the header (e.g. why a setting is smaller)")
     return p.parse_args(argv)
 
 
@@ -228,7 +234,7 @@ def main(args):
     if args.figures:
         figure = plot_score_vs_time(settings, os.path.join(args.out_dir, FIGURE))
         copy_samples(settings, args.out_dir)
-    lines = report_lines(settings, rows, verdicts, report.paper_numbers("fig8a"), figure)
+    lines = report_lines(settings, rows, verdicts, report.paper_numbers("fig8a"), figure, args.note)
     return report.write_report(NAME, lines, rows, report.paper_numbers("fig8a"), verdicts, args.out_dir)
 
 
