@@ -6,8 +6,8 @@ a fresh interpreter; its peak is the rise of the peak resident set size (VmHWM, 
 exist) during ft_opt.batch_loss(...).backward(), so it counts activations, logits, their gradients and
 the parameters' gradients. The loss and a gradient checksum show that the paths compute the same thing.
 
-    python scripts/bench_ft_memory.py                      # writes results/bench_ft_memory.md
-    python scripts/bench_ft_memory.py --layers 2 12 --losses root ce
+    python -m scripts.bench_ft_memory                      # writes results/bench_ft_memory.md
+    python -m scripts.bench_ft_memory --layers 2 12 --losses root ce
 """
 import json
 import os
@@ -17,15 +17,13 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import utils.tv_compat  # noqa: F401  (transformers imports torchvision)
+import torch
 
-import utils.tv_compat  # noqa: E402,F401  (transformers imports torchvision)
-import torch  # noqa: E402
-
-import losses  # noqa: E402
-from utils.cli import ArgumentParser, UsageError, run_cli  # noqa: E402
-from utils.memory import peak_rss, reset_peak_rss  # noqa: E402
-from utils.runio import atomic_write_text  # noqa: E402
+import losses
+from utils.cli import ArgumentParser, UsageError, run_cli
+from utils.memory import peak_rss, reset_peak_rss
+from utils.runio import atomic_write_text
 
 OPT125M = dict(vocab_size=50272, hidden_size=768, word_embed_proj_dim=768, ffn_dim=3072, num_attention_heads=12,
                max_position_embeddings=2048, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
@@ -61,7 +59,7 @@ def run_case(case, loss, layers, bs, block, checkpointing=False):
 
 
 def in_subprocess(case, loss, layers, bs, block, checkpointing):
-    code = (f"import sys, json; sys.path.insert(0, {REPO!r}); import scripts.bench_ft_memory as b; "
+    code = (f"import json; import scripts.bench_ft_memory as b; "
             f"print(json.dumps(b.run_case({case!r}, {loss!r}, {layers}, {bs}, {block}, {checkpointing})))")
     # Large blocks straight from mmap: glibc then returns freed tensors to the OS at once, so the peak RSS tracks
     # the peak of live tensor bytes instead of also counting freed memory the heap keeps for reuse.
@@ -124,7 +122,7 @@ def main(args):
                     plain = plain or r
                     rows.append((layers, loss, ckpt, case, r, r["peak_bytes"] / plain["peak_bytes"]))
                     print(layers, loss, ckpt, case, json.dumps(r), flush=True)
-    command = "python scripts/bench_ft_memory.py " + " ".join(
+    command = "python -m scripts.bench_ft_memory " + " ".join(
         f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out")
     write_report(args.out, rows, args, command)
     return rows

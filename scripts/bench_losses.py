@@ -6,8 +6,8 @@ column at the largest size. Peak memory is measured in a fresh subprocess per ca
 resident set size (VmHWM, reset once the inputs exist), so it counts everything the loss and its backward
 allocate (including the gradient of the logits).
 
-    python scripts/bench_losses.py                     # writes results/bench_losses.md
-    python scripts/bench_losses.py --quick             # small sizes only, for a smoke run
+    python -m scripts.bench_losses                     # writes results/bench_losses.md
+    python -m scripts.bench_losses --quick             # small sizes only, for a smoke run
 """
 import argparse
 import json
@@ -19,14 +19,12 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-import losses  # noqa: E402
-from utils.memory import peak_rss, reset_peak_rss  # noqa: E402,F401  (peak_rss: read by the subprocess)
-from utils.runio import atomic_write_text  # noqa: E402
+import losses
+from utils.memory import peak_rss, reset_peak_rss  # noqa: F401  (peak_rss: read by the subprocess)
+from utils.runio import atomic_write_text
 
 SIZES = [(256, 10), (4096, 1000), (4096, 50272)]
 LINEAR = (4096, 768, 50272)  # tokens, hidden, vocab
@@ -249,7 +247,7 @@ def main(args):
     rows = bench_losses(sizes, args.repeats, args.cases)
     linear_rows = [] if args.no_linear else bench_linear(dims, args.repeats)
     print(linear_rows, flush=True)
-    command = " ".join(["python scripts/bench_losses.py", *map(shlex.quote, args.argv)])
+    command = " ".join(["python -m scripts.bench_losses", *map(shlex.quote, args.argv)])
     write_report(args.out, rows, linear_rows, dims, args.repeats, command)
     print(f"wrote {args.out}")
 

@@ -4,22 +4,20 @@ results/bench_train.md. The issue's target: RLO / CE >= 0.98."""
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import utils.tv_compat  # noqa: F401  (must come before anything imports torchvision)
 
-import utils.tv_compat  # noqa: F401,E402  (must come before anything imports torchvision)
+import copy
+import platform
+import statistics
+import time
 
-import copy  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
+import torch
+from tqdm import tqdm
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import losses  # noqa: E402
-import models  # noqa: E402
-from utils.cli import ArgumentParser, run_cli  # noqa: E402
-from utils.runio import atomic_write_text  # noqa: E402
+import losses
+import models
+from utils.cli import ArgumentParser, run_cli
+from utils.runio import atomic_write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +83,7 @@ def main(args):
     ratio = statistics.median(pairs)
     loss_us = {name: statistics.median(loss_only_us(fn, args.bs, args.classes) for _ in range(5))
                for name, fn in (("ce", losses.get_loss("ce")), ("rlo", losses.get_loss("root", k=args.k, m=args.m)))}
-    command = "python scripts/bench_train.py " + " ".join(sys.argv[1:])
+    command = "python -m scripts.bench_train " + " ".join(sys.argv[1:])
     text = "\n".join([
         "# Training throughput: RLO vs CE (same model, same batch, interleaved)", "",
         f"Command: `{command.strip()}`", "",

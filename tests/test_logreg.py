@@ -1,12 +1,15 @@
 """logreg.py: objectives and derivatives, the LR optimum vs scikit-learn, CV splits, end to end, errors."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
 import logreg
+from scripts import table7
 from utils.cli import run_cli
 
 
@@ -28,7 +31,7 @@ def test_gradient_and_hessian_match_finite_differences(kind, k, lam):
                       for e in torch.eye(4, dtype=torch.float64)], dtype=torch.float64)
     assert torch.allclose(grad, fd, atol=1e-8)
     auto = torch.autograd.functional.hessian(
-        lambda v: logreg.objectives(v[:, None], X, y, [("c", kind, k, lam)])[0], w)
+        lambda v: logreg.objectives(v[:, None], X, y, [logreg.Config("c", kind, k, lam)])[0], w)
     assert torch.allclose(hess, auto, atol=1e-10)
 
 
@@ -99,23 +102,68 @@ def _write_tiny_data(root, seed=0):
         np.savetxt(root / "madelon" / f"madelon_{split}.labels", np.where(np.arange(n) % 2, 1, -1), fmt="%d")
 
 
-def test_end_to_end_on_tiny_data(tmp_path):
+def test_end_to_end_on_tiny_data_and_report(tmp_path):
     _write_tiny_data(tmp_path / "data")
     out = tmp_path / "run"
     args = logreg.parse_args(["--datasets", "ionosphere", "spectf", "madelon", "wine", "--data-dir",
                               str(tmp_path / "data"), "--ks", "3", "5", "--folds", "3", "--inner-folds", "2",
-                              "--iters", "15", "--out-dir", str(out), "--report", str(tmp_path / "t7.md"),
-                              "--fig-prefix", str(tmp_path / "fig5_")])
-    results = logreg.main(args)
-    report = (tmp_path / "t7.md").read_text()
+                              "--iters", "15", "--out", str(out)])
+    results = logreg.main(args)["datasets"]
+    for name in ("ionosphere", "spectf", "madelon", "wine"):
+        assert len(results[name]["outer"]) == 3 and len(results[name]["top3"]["RLO"]) == 2
+        assert len(results[name]["curves"]["norm"][0]) == 16  # Fig. 5: L(0) .. L(15)
+    saved = json.loads((out / "results.json").read_text())["datasets"]
+    assert saved["madelon"]["n"] == 42 and saved["spectf"]["d"] == 6
+    assert len(saved["wine"]["conditioning"]) == 3  # one-vs-all
+    table7.main(table7.parse_args([str(out), "--out-dir", str(tmp_path)]))
+    report = (tmp_path / "table7.md").read_text()
     assert "## Verdicts" in report and "Lemma 3.3" in report and "Nested CV" in report
     assert report.count("| madelon |") >= 1
     for name in ("ionosphere", "spectf", "madelon", "wine"):
         assert (tmp_path / f"fig5_{name}.png").exists()
-        assert len(results[name]["outer"]) == 3 and len(results[name]["top3"]["RLO"]) == 2
-    saved = json.loads((out / "results.json").read_text())
-    assert saved["madelon"]["n"] == 42 and saved["spectf"]["d"] == 6
-    assert len(saved["wine"]["conditioning"]) == 3  # one-vs-all
+
+
+def _fake_dataset(gain, folds=5, ks=(3.0, 5.0)):
+    """One dataset's results.json entry: RLO columns = LR + gain (points) + a little fold noise."""
+    configs = [c.name for c in logreg.make_configs(list(ks), 0.1)]
+    outer = []
+    for f in range(folds):
+        base = 0.8 + 0.01 * f
+        outer.append([base if not n.startswith("RLO") else base + gain / 100 + 0.001 * f * (f % 2) for n in configs])
+    conv = {n: {"iters_to_1e-3": 10, "norm_final": 0.5, "subopt_final": 0.1 if n.startswith("RLO") else 0.2}
+            for n in configs}
+    return {"n": 50, "d": 3, "iters": 10, "outer": outer, "configs": configs, "conditioning": None,
+            "top3": {"RLO": ["RLO-3", "RLO-5"], "RLO-L2": ["RLO-L2-3", "RLO-L2-5"]},
+            "nested": {"RLO": {"k": [3.0] * folds, "acc": [row[configs.index("RLO-3")] for row in outer]},
+                       "RLO-L2": {"k": [3.0] * folds, "acc": [row[configs.index("RLO-L2-3")] for row in outer]}},
+            "convergence": conv}
+
+
+@pytest.mark.parametrize("gains,expected", [((2.0, 3.0), "supported"), ((2.0, -3.0), "not supported"),
+                                            ((2.0, 0.0), "inconclusive")])
+def test_table7_report_from_fake_results(tmp_path, gains, expected):
+    run = tmp_path / "run"
+    run.mkdir()
+    datasets = {"toy_a": _fake_dataset(gains[0]), "toy_b": _fake_dataset(gains[1])}
+    (run / "results.json").write_text(json.dumps({"datasets": datasets}))
+    (run / "config.json").write_text(json.dumps({"argv": ["logreg.py"], "datasets": ["toy_a", "toy_b"],
+                                                 "ks": [3.0, 5.0], "lam": 0.1, "folds": 5, "inner_folds": 3,
+                                                 "conditioning": False, "seed": 0, "lr": 0.01}))
+    table7.main(table7.parse_args([str(run), "--out-dir", str(tmp_path), "--no-figures"]))
+    doc = json.loads((tmp_path / "table7.json").read_text())
+    assert set(doc) == {"rows", "paper", "verdicts"} and doc["paper"][0]["table"] == "table7"
+    verdicts = {v["claim"]: v["verdict"] for v in doc["verdicts"]}
+    assert verdicts["Table 7: RLO (best k picked on the test folds) beats LR on every dataset"] == expected
+    assert sum(r["what"] == "fold_acc" for r in doc["rows"]) == 2 * 6 * 5
+    fig5 = [v for v in doc["verdicts"] if v["claim"].startswith("Fig. 5: RLO ")]
+    assert fig5[0]["n"] == 2 and fig5[0]["verdict"] == "supported"  # RLO half LR's suboptimality on both datasets
+
+
+def test_help_answers_without_torch():
+    out = subprocess.run([sys.executable, "-X", "importtime", "logreg.py", "-h"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0 and "--ks" in out.stdout and "Lemma 3.3" in out.stdout
+    assert "torch" not in out.stderr.replace("|", " ").split()
 
 
 def test_missing_dataset_file_exits_2_naming_layout(tmp_path, capsys):
