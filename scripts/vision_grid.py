@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 import losses
 from models import build_model
+from scripts.table1_cpu import plateau
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli
 from utils.datasets import CIFAR_MEAN, CIFAR_STD
@@ -274,12 +275,6 @@ def run_one(args, cell, seed, data, on_batch=None):
         return run.finish(run_results(config, run.metrics()))
     finally:
         run.release()
-
-
-def plateau(accs, fraction=0.2, tol=0.5):
-    """The plateau criterion: final accuracy within `tol` points of the best of the last `fraction` of epochs."""
-    tail = accs[-max(1, math.ceil(fraction * len(accs))):]
-    return bool(accs[-1] >= max(tail) - tol)
 
 
 def run_results(config, metrics):
