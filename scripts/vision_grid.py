@@ -84,6 +84,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (for pilots)")
     p.add_argument("--summary-only", action="store_true", help="only rewrite --summary from the run directories")
+    p.add_argument("--measure", default=None, metavar="JSON",
+                   help="pilot: measure train/eval images/s of --net at 16, 24 and 32 px into JSON, then stop")
     return p.parse_args(argv)
 
 
@@ -262,12 +264,12 @@ def run_one(args, cell, seed, data, on_batch=None):
         for epoch in range(epoch, config["epochs"]):
             loss_fn, k = loss_at(CELLS[cell], epoch)
             plan = epoch_plan(seed, epoch, len(data["train"][1]), args.pad)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             train_loss, train_acc, _ = train_epoch(model, optimizer, loss_fn, data["train"], plan, args,
                                                    epoch * steps, config["epochs"] * steps, on_batch)
-            train_s = time.perf_counter() - start
+            train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
             record = {"epoch": epoch + 1, "k": k, "train_loss": train_loss, "train_acc": train_acc,
-                      "train_s": train_s, **evaluate(model, data["test"], loss_fn),
+                      "train_s": train_s, "train_cpu_s": train_cpu_s, **evaluate(model, data["test"], loss_fn),
                       "eval_s": time.perf_counter() - start - train_s}
             run.log(record)
             save_checkpoint(ckpt_path, "vision_grid", config, model=model.state_dict(),
@@ -277,11 +279,18 @@ def run_one(args, cell, seed, data, on_batch=None):
         run.release()
 
 
+def mean_of(metrics, key):
+    """Mean of `key` over the epochs that logged it (runs started before it was logged lack it)."""
+    values = [r[key] for r in metrics if r.get(key) is not None]
+    return float(np.mean(values)) if values else None
+
+
 def run_results(config, metrics):
     accs = [r["acc"] for r in metrics]
     return {"status": "finished", **config, "acc": accs[-1], "best_acc": max(accs), "plateau": plateau(accs),
             "train_acc": metrics[-1]["train_acc"], "val_loss": metrics[-1]["val_loss"],
             "val_ce": metrics[-1]["val_ce"], "train_s": float(np.mean([r["train_s"] for r in metrics])),
+            "train_cpu_s": mean_of(metrics, "train_cpu_s"),
             "epochs_done": len(metrics)}
 
 
@@ -307,7 +316,7 @@ def finished(args, cell, seed):
     return res if res.get("status") == "finished" and same else None
 
 
-CURVES = ("acc", "val_loss", "val_ce", "train_loss", "train_acc", "train_s", "k")
+CURVES = ("acc", "val_loss", "val_ce", "train_loss", "train_acc", "train_s", "train_cpu_s", "k")
 
 
 def summarize(args):
@@ -318,7 +327,7 @@ def summarize(args):
         if res is None:
             continue
         metrics = read_jsonl(os.path.join(args.runs, f"{cell}_s{seed}", "metrics.jsonl"))
-        rows.append({**res, **{f"{key}_curve": [r[key] for r in metrics] for key in CURVES}})
+        rows.append({**res, **{f"{key}_curve": [r.get(key) for r in metrics] for key in CURVES}})
     protocol = {key: getattr(args, key) for key in ("net", "width", "size", "train_per_class", "test_per_class",
                                                     "epochs", "bs", "lr", "wd", "pad", "seeds", "cells")}
     atomic_write_json(args.summary, {"protocol": protocol, "planned": len(plan_runs(args)), "done": len(rows),
@@ -326,8 +335,46 @@ def summarize(args):
     return rows
 
 
+def images_per_s(model, size, bs, seconds, train):
+    """Synthetic-batch throughput of one forward (and backward + AdamW step when `train`)."""
+    x, y = torch.randn(bs, 3, size, size), torch.randint(0, 10, (bs,))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model.train(train)
+
+    def step():
+        with torch.set_grad_enabled(train):
+            loss = F.cross_entropy(model(x), y)
+        if train:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    step()  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        step()
+        done += bs
+    return done / (time.perf_counter() - start)
+
+
+def measure(args):
+    """The pilot's throughput table (one thread), with the machine's load average beside it."""
+    rows = []
+    for size in (16, 24, 32):
+        torch.manual_seed(0)
+        model = build_model(args.net, 10, size, width=args.width)
+        rows.append({"net": args.net, "width": args.width, "size": size, "bs": args.bs,
+                     "params": sum(p.numel() for p in model.parameters()), "threads": torch.get_num_threads(),
+                     "train_images_per_s": images_per_s(model, size, args.bs, 10, True),
+                     "eval_images_per_s": images_per_s(model, size, 500, 5, False), "load_avg": os.getloadavg()[0]})
+        print(rows[-1], flush=True)
+    atomic_write_json(args.measure, {"command": "python -m scripts.vision_grid --threads 1 --measure " + args.measure,
+                                     "rows": rows})
+
+
 def main(args):
     set_threads(args.threads)
+    if args.measure:
+        return measure(args)
     if args.summary_only:
         rows = summarize(args)
         print(f"{len(rows)} of {len(plan_runs(args))} planned runs finished; wrote {args.summary}")
