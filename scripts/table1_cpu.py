@@ -21,6 +21,8 @@ SCALE_NOTE = ("This is NOT the paper's scale: the paper trains ResNet-50 / ViT-B
               "one CPU thread, to a plateau, with paired seeds meant to resolve a 1-point difference.")  # issue 16 (c): the interval of RLO-k - CE must be at most +-1 point
 
 
+REPLACED_NOTE = (" It replaces the earlier 4-epoch table (800 training images, 20-28% accuracy, every verdict "
+                 "inconclusive), which is in git history (results/table1_cpu.md at commit 8498091).")
 PROTOCOL_WHY = [
     "Why this protocol: a 0.17M-parameter net at 16x16 costs about a quarter of the 32x32 FLOPs, so 8,000 "
     "images x 16 epochs with a 5,000-image evaluation every epoch is about 200 CPU-seconds per run; the 90 planned "
@@ -291,7 +293,7 @@ def main(args):
     paper = report.paper_numbers("table1") + report.paper_numbers("table2")
     verdicts = accuracy_verdicts(rows, paper) + time_verdicts(rows, paper)
     title = args.title or "Table 1 / Table 2 baselines at CPU scale (JPEG re-encoded CIFAR-10, small conv net)"
-    scale = (SCALE_NOTE if summary["protocol"] else "train.py runs made by scripts/table1.sh.") + \
+    scale = (SCALE_NOTE + REPLACED_NOTE if summary["protocol"] else "train.py runs made by scripts/table1.sh.") + \
         " The paper columns are its ResNet CIFAR-10 rows (Table 1 and Table 2)."
     lines = [f"# {title}", "", scale, "",
              "## Protocol", "", *protocol_lines(summary, args.command), "",
