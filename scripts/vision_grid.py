@@ -83,6 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--pad", type=int, default=2, help="random-crop padding in pixels (with random flips)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (for pilots)")
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="run only every N-th planned run starting at I (I/N), so N processes can share the grid")
     p.add_argument("--summary-only", action="store_true", help="only rewrite --summary from the run directories")
     p.add_argument("--measure", default=None, metavar="JSON",
                    help="pilot: measure train/eval images/s of --net at 16, 24 and 32 px into JSON, then stop")
@@ -304,6 +306,17 @@ def plan_runs(args):
     return order
 
 
+def my_runs(args):
+    """This process's share of the plan (--shard I/N)."""
+    try:
+        i, n = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard must be I/N with integers, got {args.shard!r}") from None
+    if not 0 <= i < n:
+        raise UsageError(f"--shard I/N needs 0 <= I < N, got {args.shard!r}")
+    return plan_runs(args)[i::n]
+
+
 def finished(args, cell, seed):
     path = os.path.join(args.runs, f"{cell}_s{seed}", "results.json")
     try:
@@ -379,9 +392,10 @@ def main(args):
         rows = summarize(args)
         print(f"{len(rows)} of {len(plan_runs(args))} planned runs finished; wrote {args.summary}")
         return
+    runs = my_runs(args)
     data = prepare_data(load_cifar(args.tar, args.cache), args)
     ran = 0
-    for cell, seed in plan_runs(args):
+    for cell, seed in runs:
         if finished(args, cell, seed) is not None:
             continue
         if args.max_runs is not None and ran >= args.max_runs:

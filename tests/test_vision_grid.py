@@ -144,3 +144,11 @@ def test_summary_only_without_runs(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["done"] == 0 and summary["planned"] == (len(vg.CELLS) - 1) * 8 + 2
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_shards_split_the_plan(tmp_path):
+    plan = vg.plan_runs(grid_args(tmp_path))
+    shards = [vg.my_runs(grid_args(tmp_path, "--shard", f"{i}/3")) for i in range(3)]
+    assert sorted(sum(shards, [])) == sorted(plan) and len(set(sum(shards, []))) == len(plan)
+    with pytest.raises(vg.UsageError):
+        vg.my_runs(grid_args(tmp_path, "--shard", "3/3"))
