@@ -114,6 +114,18 @@ def figures(rows, out_dir, name):
     return paths
 
 
+def overfit_lines(rows):
+    """Train vs test accuracy at the end: Fig. 2c's rising CE validation loss needs a net that overfits."""
+    out = []
+    for cell in ("ce", "root_k8"):
+        runs = [r for r in rows if r["cell"] == cell]
+        if runs:
+            out.append(f"- {LABELS[cell]}: final train accuracy (augmented batches) "
+                       f"{report.fmt_pm([r['train_acc'] for r in runs], 1)} %, test "
+                       f"{report.fmt_pm([r['acc'] for r in runs], 1)} % (n = {len(runs)}).")
+    return out
+
+
 def main(args):
     summary = load_summary(args.summary)
     rows = [r for r in summary["rows"] if r.get("status") == "finished"]
@@ -131,6 +143,8 @@ def main(args):
              "10).", "",
              "'Second half' changes are last epoch minus the middle epoch, per seed; 'first quarter' is the "
              "accuracy after 25% of the epochs.", "",
+             "Overfitting at this scale (the paper's rising CE validation loss needs a net that fits its training "
+             "set well beyond its test accuracy):", "", *overfit_lines(rows), "",
              f"![validation loss]({os.path.basename(paths[0])})", "",
              f"![k schedules]({os.path.basename(paths[1])})", "",
              f"![accuracy]({os.path.basename(paths[2])})", "",

@@ -16,6 +16,7 @@ LABELS = {"ce": "CE", "focal": "Focal", "root_k5": "RLO-5", "root_k8": "RLO-8", 
 SCHEDULES = {"root_k5": "constant", "sched_linear": "linear", "sched_exp": "exp", "sched_exp_max": "exp_max"}
 PAPER_NET, PAPER_DATASET = "ResNet", "CIFAR-10"  # the paper row closest to our small conv net
 HALF_WIDTH_TARGET = 1.0
+GRID_COMMAND = "OMP_NUM_THREADS=1 nohup python -m scripts.vision_grid --threads 1 >> runs/vision_grid.log 2>&1 &"
 SCALE_NOTE = ("This is NOT the paper's scale: the paper trains ResNet-50 / ViT-B / Swin-B on full 32x32 CIFAR for "
               "100-350 epochs on GPUs; here a 0.17M-parameter conv net trains on a subset at reduced resolution on "
               "one CPU thread, to a plateau, with paired seeds meant to resolve a 1-point difference.")  # issue 16 (c): the interval of RLO-k - CE must be at most +-1 point
@@ -42,7 +43,7 @@ def parse_args(argv=None):
                    help="the grid's per-run numbers (scripts/vision_grid.py --summary)")
     p.add_argument("--out-dir", default=report.RESULTS, help="where table1_cpu.md / .json go")
     p.add_argument("--name", default="table1_cpu", help="report name")
-    p.add_argument("--command", default="nohup python -m scripts.vision_grid --threads 1 &",
+    p.add_argument("--command", default=GRID_COMMAND,
                    help="the command that ran the grid, for the report")
     p.add_argument("--train-runs", nargs="+", default=None,
                    help="build the report from train.py run directories instead (the GPU runs of scripts/table1.sh)")
