@@ -15,6 +15,7 @@ weights and sees the same batches. It reuses losses.get_loss / KSchedule, the mo
 import utils.tv_compat  # noqa: F401  (must come before anything imports torchvision)
 
 import io
+import json
 import math
 import os
 import tarfile
@@ -320,7 +321,6 @@ def my_runs(args):
 def finished(args, cell, seed):
     path = os.path.join(args.runs, f"{cell}_s{seed}", "results.json")
     try:
-        import json
         with open(path, encoding="utf-8") as f:
             res = json.load(f)
     except (OSError, ValueError):
