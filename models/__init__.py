@@ -7,7 +7,7 @@ the authors' --dimhead), pretrained (local weights file for vit_timm), depth (ov
 """
 import warnings
 
-from models import convnets, resnet20, transformers
+from models import airbench, convnets, resnet20, transformers
 
 MODELS = {
     "vgg": convnets.vgg19,
@@ -29,6 +29,7 @@ MODELS = {
     "swin_mini": transformers.swin_mini,
     "mlpmixer": transformers.mlpmixer,
     "vit_timm": transformers.vit_timm,
+    "airbench_mini": airbench.airbench_mini,
 }
 
 # Nets that only accept a fixed input size: the data pipeline resizes images to it.
