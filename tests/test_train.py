@@ -134,7 +134,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, needle):
 
 
 def test_resume_without_checkpoint_is_a_usage_error(tmp_path):
-    with pytest.raises(UsageError, match="no checkpoint"):
+    with pytest.raises(UsageError, match="no run to resume"):
         run(tmp_path, "none", "--resume")
 
 
