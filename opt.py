@@ -75,8 +75,7 @@ def parse_args(argv=None, family="auto"):
     p.add_argument("--max-eval-windows", type=int, default=0,
                    help="evaluate this many evenly spaced windows per set (0: all, the reference protocol)")
     add_run_args(p, default_out="runs/opt/<model>_<dataset>_w<bits>_<quant>_s<seed>_<hash of the settings>",
-                 resume_flags=())
-    p.add_argument("--output-dir", dest="out", default=None, help="the same as --out (kept for old commands)")
+                 resume_flags=(), out_flags=("--out", "--output-dir"))
     p.add_argument("--cache-dir", type=str, default="",
                    help="reuse tokenized calibration/evaluation text across runs (keyed by text+tokenizer)")
     args = p.parse_args(argv)

@@ -609,7 +609,8 @@ def main(args):
         if args.eval_only:
             return eval_only(run)
         open_run_dir(run)
-        return train_loop(run)
+        with run.dir:
+            return train_loop(run)
     except OSError as err:  # full disk, read-only folder, a file in the way, unreadable data
         raise UsageError(f"{err.strerror or err}: {err.filename}" if err.filename else str(err)) from None
     finally:

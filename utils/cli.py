@@ -17,8 +17,17 @@ def fail(message):
     raise SystemExit(2)
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """-h shows every default and the description (the script's docstring) as written."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """-h shows the description (the script's docstring) as written and each flag's default (unless the help
+    already names it, or the default is an unset None / False / "")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is argparse.SUPPRESS or default is None or default is False \
+                or default == "" or not action.option_strings:
+            return text
+        return text + " (default: %(default)s)"
 
 
 class ArgumentParser(argparse.ArgumentParser):

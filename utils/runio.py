@@ -158,11 +158,14 @@ def set_threads(n):
     return _torch.get_num_threads()
 
 
-def add_run_args(parser, default_out="a name built from the settings, under runs/", resume_flags=("--resume",)):
-    """--out, --resume, --overwrite and --threads, the same in every entry script."""
-    parser.add_argument("--out", default=None, help=f"run directory (default: {default_out})")
-    parser.add_argument(*resume_flags, dest="resume", action="store_true",
-                        help="continue the run in --out (refused if its defining settings differ)")
+def add_run_args(parser, default_out="a name built from the settings, under runs/", resume_flags=("--resume",),
+                 out_flags=("--out",)):
+    """--out, --resume, --overwrite and --threads, the same in every entry script (resume_flags=(): a script
+    with nothing to resume or its own --resume; out_flags: older spellings of --out kept for old commands)."""
+    parser.add_argument(*out_flags, dest="out", default=None, help=f"run directory (default: {default_out})")
+    if resume_flags:
+        parser.add_argument(*resume_flags, dest="resume", action="store_true",
+                            help="continue the run in --out (refused if its defining settings differ)")
     parser.add_argument("--overwrite", action="store_true",
                         help="move an existing run in --out aside (to OUT.old-TIMESTAMP) and start afresh")
     parser.add_argument("--threads", type=int, default=0,
@@ -199,7 +202,7 @@ class RunDir:
 
     def __init__(self, path, config, resume=False, overwrite=False, defining=(), main_process=True):
         self.path, self.main = path, main_process
-        self._lock = None
+        self._lock, self._fresh = None, False
         self.saved_config = self.read_json("config.json") if holds_run(path) else None
         if not main_process:  # the main process checks and writes; the others only read
             self.config = dict(self.saved_config if resume and self.saved_config else config)
@@ -232,6 +235,7 @@ class RunDir:
         os.makedirs(path, exist_ok=True)
         self._acquire_lock()
         clean_temp_files(path)
+        self._fresh = not (resume and exists)
         self.config = self._write_config(config, resume and exists)
 
     def _move_aside(self):
@@ -243,7 +247,14 @@ class RunDir:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        """Release the lock; a new run that failed before writing anything but config.json leaves nothing
+        behind, so that running the corrected command again is not refused."""
+        if exc_type is not None and self.main and self._fresh and os.path.isdir(self.path) \
+                and set(os.listdir(self.path)) <= {"config.json", ".lock"}:
+            for name in os.listdir(self.path):
+                os.unlink(self.file(name))
+            os.rmdir(self.path)
         self.release()
 
     def _check_same(self, config, defining):
