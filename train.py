@@ -224,6 +224,7 @@ class Run:
         self.sampler = du.ResumableSampler(self.train_set, self.world, self.rank, seed=args.seed)
         self.sync_every = args.sync_every or (50 if self.device.type == "cuda" else 1)
         self.epoch, self.step, self.best_acc, self.best_epoch, self.partial = 0, 0, 0.0, 0, None
+        self.last_record = None  # the newest epoch's metrics line, kept in the checkpoint too
         self.checked_step = 0  # the last step whose loss is known to be finite
         self.dir = None
 
@@ -244,7 +245,7 @@ class Run:
         return dict(model=self.net.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
                     step=self.step, best_acc=self.best_acc, best_epoch=self.best_epoch, rng=rng_state(),
-                    partial=self.partial)
+                    partial=self.partial, last_record=self.last_record)
 
     def save(self, name="checkpoint.pt"):
         from utils.checkpoint import save_checkpoint
@@ -268,6 +269,7 @@ class Run:
         self.epoch, self.step = state["epoch"], state.get("step", 0)
         self.best_acc, self.best_epoch = state["best_acc"], state.get("best_epoch", 0)
         self.partial, self.checked_step = state.get("partial"), self.step
+        self.last_record = state.get("last_record")
         if self.partial is not None:
             if self.main:
                 set_rng_state(state["rng"])
@@ -469,6 +471,7 @@ def run_epoch(run, logger):
     if improved:
         run.best_acc, run.best_epoch = record["val_acc"], run.epoch
     record["best_acc"] = run.best_acc
+    run.last_record = record
     run.save()
     if improved:
         run.save("best.pt")
@@ -518,7 +521,10 @@ def open_run_dir(run):
         if not os.path.exists(path):
             raise UsageError(f"--resume: no checkpoint at {path} (give the run's --out)")
         run.restore(path, keys)
-        run.dir.trim_metrics(lambda record: record.get("epoch", 0) <= run.epoch)
+        kept = run.dir.trim_metrics(lambda record: record.get("epoch", 0) <= run.epoch)
+        last = run.last_record
+        if last is not None and last["epoch"] == run.epoch and not any(r.get("epoch") == run.epoch for r in kept):
+            run.dir.log(last)  # killed after checkpoint.pt, before the metrics line: the checkpoint has it
         repair_best(run)
 
 
