@@ -4,8 +4,8 @@
 # PTB test and the C4 sample -> results/table3_cpu.md beside the paper's Table 3.
 #
 #   bash scripts/table3_cpu.sh
-#   BASE_MODEL=/work/artifacts/tiny-opt-wt2 FT_CE=/work/artifacts/ft-ce FT_RLO5=/work/artifacts/ft-rlo5 \
-#     FT_RLO10=/work/artifacts/ft-rlo10 bash scripts/table3_cpu.sh      # reuse models trained elsewhere
+#   BASE_MODEL=DIR/tiny-opt-wt2 FT_CE=DIR/ft-ce FT_RLO5=DIR/ft-rlo5 \
+#     FT_RLO10=DIR/ft-rlo10 bash scripts/table3_cpu.sh      # reuse models trained elsewhere
 #
 # Resumable: a model directory with a DONE file is not trained again, a quantized run with a
 # results.json is not run again. Environment overrides (defaults in brackets):
