@@ -467,7 +467,7 @@ def run_epoch(run, logger):
               "images_per_s": train["train_images"] / max(train_s, 1e-9)}
     run.scheduler.step()
     run.epoch += 1
-    improved = record["val_acc"] > run.best_acc or run.best_epoch == 0
+    improved = record["val_acc"] > run.best_acc or (run.best_epoch == 0 and run.best_acc == 0)  # first epoch
     if improved:
         run.best_acc, run.best_epoch = record["val_acc"], run.epoch
     record["best_acc"] = run.best_acc

@@ -8,6 +8,8 @@ import sys
 import time
 
 import pytest
+import torch
+import torch.utils.data
 
 import train
 from utils.checkpoint import load_checkpoint
@@ -26,7 +28,7 @@ def wait_for_first_epoch(proc, out, limit=300):
         time.sleep(0.5)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_to_the_process_group_saves_and_exits_0(tmp_path, sig):
     out = str(tmp_path / "pg")
     proc = subprocess.Popen([sys.executable, "train.py", *ARGV, "--n_epochs", "500", "--out", out], cwd=REPO,
@@ -44,3 +46,27 @@ def test_signal_to_the_process_group_saves_and_exits_0(tmp_path, sig):
     more = train.main(train.parse_args([*ARGV, "--workers", "0", "--n_epochs", str(saved["epoch"] + 1),
                                         "--out", out, "--resume"]))
     assert more["status"] == "finished" and more["epochs_done"] == saved["epoch"] + 1
+
+
+class Dispositions(torch.utils.data.Dataset):
+    """Each item: whether the worker that loads it ignores SIGTERM and SIGINT."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.tensor([signal.getsignal(signal.SIGTERM) == signal.SIG_IGN,
+                             signal.getsignal(signal.SIGINT) == signal.SIG_IGN])
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_loader_workers_ignore_the_group_signals(tmp_path, context, monkeypatch):
+    """With fork, workers inherit the main process's handler, so the test above passes either way; with spawn
+    or forkserver they start with the default action (die). worker_init_fn makes them ignore both."""
+    args = train.parse_args(["--workers", "2", "--device", "cpu", "--out", str(tmp_path)])
+    run_ = type("R", (), {"args": args, "device": torch.device("cpu")})()
+    real = torch.utils.data.DataLoader
+    monkeypatch.setattr(torch.utils.data, "DataLoader",
+                        lambda *a, **k: real(*a, multiprocessing_context=context, **k))
+    batches = list(train.make_loader(run_, Dispositions(), 2))
+    assert torch.cat(batches).all()
