@@ -361,7 +361,8 @@ def default_out(args):
     data = args.dataset if not args.train_file else os.path.splitext(os.path.basename(args.train_file))[0]
     tag = f"_k{args.k:g}_m{args.m:g}" if args.loss == "root" else f"_k{args.k:g}" if args.loss == "root_paper" \
         else ""
-    name = f"{model}_{data}_{args.loss}{tag}_lr{args.lr:g}_s{args.seed}_{config_hash(settings, defining_keys(settings))}"
+    digest = config_hash(settings, defining_keys(settings))
+    name = f"{model}_{data}_{args.loss}{tag}_lr{args.lr:g}_s{args.seed}_{digest}"
     return os.path.join("runs", "ft_opt", name)
 
 

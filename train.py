@@ -14,7 +14,6 @@ Several GPUs: `torchrun --nproc_per_node N train.py ...`.
 import math
 import os
 import signal
-import sys
 import time
 
 from utils.cli import ArgumentParser, UsageError, default_data_dir, registry_choice, run_cli

@@ -1,6 +1,5 @@
 """-h of the entry scripts answers without importing torch (well under 2 s on an idle machine), shows
 defaults and the whole description."""
-import os
 import subprocess
 import sys
 import time
