@@ -13,21 +13,22 @@ import math
 import os
 import sys
 
-import utils.tv_compat  # noqa: F401  (transformers may import torchvision)
-
-import torch
-
-import losses
 from utils.cli import ArgumentParser, UsageError, default_data_dir, require_file, run_cli
 from utils.lm_data import LAYOUTS, check_available, group_texts, load_splits
-from utils.runio import append_jsonl, atomic_write_json, write_config
+from utils.runio import RunDir, add_run_args, atomic_write_json, config_hash
+
+# torch, transformers and losses are imported inside the functions, so that -h answers at once
 
 LM_LOSSES = ("ce", "root", "root_paper", "focal")  # the CE-shaped losses of losses.py: f(log p_y)
 EVAL_SPLIT = {"wikitext2": "test", "ptb": "test", "c4": "validation"}  # split used by --also-eval
+# Settings that may differ on --resume (how long, how often, what else is evaluated); all others define the run.
+MAY_CHANGE = ("epochs", "max_steps", "out", "resume", "overwrite", "threads", "data_dir", "eval_bs", "chunk_size",
+              "head", "eval_only", "eval_test", "test_file", "also_eval", "max_eval_blocks", "eval_steps",
+              "logging_steps", "save_steps", "save_total_limit", "fp16", "bf16")
 
 
 def parse_args(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--model", type=str, default="facebook/opt-125m", help="hub id or local model directory")
     p.add_argument("--dataset", type=str, default="wikitext2", choices=sorted(LAYOUTS),
                    help="text corpus (local layout under --data-dir, else the HF hub when online)")
@@ -35,7 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--train-file", type=str, default=None, help="local training text (.txt or .jsonl)")
     p.add_argument("--validation-file", type=str, default=None, help="local validation text")
     p.add_argument("--test-file", type=str, default=None, help="local test text")
-    p.add_argument("--output-dir", type=str, default="runs/ft_opt", help="checkpoints, model, results")
+    add_run_args(p, default_out="runs/ft_opt/<model>_<data>_<loss>[_k_m]_lr_s<seed>_<hash of the settings>",
+                 resume_flags=(), out_flags=("--output-dir", "--out"))
     p.add_argument("--loss", type=str, default="root", choices=LM_LOSSES, help="training objective")
     p.add_argument("--k", type=float, default=5.0, help="RLO root k (root, root_paper)")
     p.add_argument("--m", type=float, default=5.0, help="RLO scale m (root)")
@@ -68,12 +70,15 @@ def parse_args(argv=None):
     p.add_argument("--save-steps", type=int, default=500, help="Trainer checkpoint every N steps")
     p.add_argument("--save-total-limit", type=int, default=2, help="checkpoints kept")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="resume from the latest checkpoint in --output-dir, or from the given one")
+                   help="resume from the latest checkpoint in --output-dir, or from the given one (refused if a "
+                        "setting that defines the run differs)")
     return p.parse_args(argv)
 
 
 def check_args(args):
     """Validate what argparse cannot; returns the loss form (bad k, m, alpha, gamma raise UsageError)."""
+    import torch
+    import losses
     positive = ["block_size", "bs", "grad_accum", "logging_steps", "save_steps"]
     positive += [n for n in ("eval_bs", "chunk_size", "max_train_blocks", "max_eval_blocks")
                  if getattr(args, n) is not None]
@@ -102,6 +107,7 @@ def check_args(args):
 
 # ------------------------------------------------------------------------------- loss on hidden states
 def _empty_positions(input_ids):
+    import torch
     return torch.zeros(0, dtype=torch.long, device=input_ids.device)
 
 
@@ -145,6 +151,7 @@ def batch_loss(model, capture, batch, form, reduction="sum", head="chunked", chu
     Chunked: losses.linear_cross_loss applies the LM head chunk by chunk (same values and gradients as
     the plain path, without the batch x block x vocab logits). Plain: the model's full logits.
     """
+    import losses
     targets = batch["shift_labels"].reshape(-1)
     x = _flat_output(model, capture, batch, head)
     if head == "plain":
@@ -156,6 +163,7 @@ def batch_loss(model, capture, batch, form, reduction="sum", head="chunked", chu
 
 def check_plain_head(model, capture):
     """Refuse models whose logits are not hidden @ W.T + b (logit scaling, soft-capping, ...)."""
+    import torch
     ids = torch.arange(min(8, model.config.vocab_size), device=model.device)[None]
     with torch.no_grad():
         logits = model(input_ids=ids).logits.float()
@@ -169,6 +177,7 @@ def check_plain_head(model, capture):
 # ----------------------------------------------------------------------------------------- data
 def collate(features):
     """Stack fixed-length blocks; shift_labels[t] = labels[t + 1], -100 at the end (never predicted)."""
+    import torch
     input_ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
     labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
     pad = torch.full_like(labels[:, :1], -100)
@@ -208,13 +217,20 @@ def extra_eval_sets(args, tokenizer):
 
 
 # ------------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
 def evaluate_lm(model, capture, loader, form, accelerator=None, head="chunked", chunk_size=None):
     """True perplexity exp(mean token CE) and the mean training objective over every predicted token.
 
     Sums are kept per sequence and gathered across processes (duplicates from uneven sharding dropped),
     so the mean is over tokens, not a mean of batch means.
     """
+    import torch
+    with torch.no_grad():
+        return _evaluate_lm(model, capture, loader, form, accelerator, head, chunk_size)
+
+
+def _evaluate_lm(model, capture, loader, form, accelerator, head, chunk_size):
+    import torch
+    import losses
     from tqdm import tqdm
     was_training = model.training
     model.eval()
@@ -237,9 +253,10 @@ def evaluate_lm(model, capture, loader, form, accelerator=None, head="chunked", 
 # ----------------------------------------------------------------------------------------- trainer
 def training_arguments(args):
     """TrainingArguments from the CLI: AdamW, linear schedule with warmup, no hub, no reporting."""
+    import torch
     from transformers import TrainingArguments
     return TrainingArguments(
-        output_dir=args.output_dir, num_train_epochs=args.epochs, max_steps=args.max_steps,
+        output_dir=args.out, num_train_epochs=args.epochs, max_steps=args.max_steps,
         per_device_train_batch_size=args.bs, per_device_eval_batch_size=args.eval_bs or args.bs,
         gradient_accumulation_steps=args.grad_accum, learning_rate=args.lr, lr_scheduler_type="linear",
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, optim="adamw_torch",
@@ -252,6 +269,7 @@ def training_arguments(args):
 
 def make_trainer(args, model, tokenizer, data, form):
     """A Trainer whose loss is the losses.py objective and whose evaluation is true perplexity."""
+    import torch
     from transformers import Trainer
 
     class RLOTrainer(Trainer):
@@ -298,6 +316,9 @@ def make_trainer(args, model, tokenizer, data, form):
 # ----------------------------------------------------------------------------------------- main
 def load_model(name):
     """Tokenizer and float32 model from a hub id or a local directory (offline-friendly errors)."""
+    import torch
+
+    import utils.tv_compat  # noqa: F401  (before transformers, which may import torchvision)
     from transformers import AutoModelForCausalLM, AutoTokenizer
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
@@ -316,47 +337,94 @@ def resume_point(args):
             raise UsageError(f"--resume {args.resume}: no such checkpoint directory")
         return args.resume
     from transformers.trainer_utils import get_last_checkpoint
-    last = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+    last = get_last_checkpoint(args.out) if os.path.isdir(args.out) else None
     if last is None:
-        raise UsageError(f"--resume: no checkpoint-* directory in {args.output_dir}")
+        raise UsageError(f"--resume: no checkpoint-* directory in {args.out}")
     return last
 
 
 def train(trainer, args, tokenizer, resume):
     """Train (from checkpoint `resume` if not None), save model + tokenizer; returns training metrics."""
     out = trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(args.output_dir)
-    tokenizer.save_pretrained(args.output_dir)
+    trainer.save_model(args.out)
+    tokenizer.save_pretrained(args.out)
     trainer.save_state()
     # out.metrics went through log(), which renamed train_loss to train_objective_<loss>_mean
     metrics = {key if key.startswith("train_") else f"train_{key}": value for key, value in out.metrics.items()}
     return {"train_steps": out.global_step, **metrics}
 
 
+def default_out(args):
+    """runs/ft_opt/<model>_<data>_<loss>[_k_m]_lr_s<seed>_<hash of every defining setting>."""
+    settings = vars(args)
+    model = os.path.basename(os.path.normpath(args.model))
+    data = args.dataset if not args.train_file else os.path.splitext(os.path.basename(args.train_file))[0]
+    tag = f"_k{args.k:g}_m{args.m:g}" if args.loss == "root" else f"_k{args.k:g}" if args.loss == "root_paper" \
+        else ""
+    digest = config_hash(settings, defining_keys(settings))
+    name = f"{model}_{data}_{args.loss}{tag}_lr{args.lr:g}_s{args.seed}_{digest}"
+    return os.path.join("runs", "ft_opt", name)
+
+
+def defining_keys(config):
+    return [key for key in config if key not in MAY_CHANGE]
+
+
+def open_run_dir(args):
+    """The run directory: OUT holds the model and Trainer's checkpoints, OUT/run the run's config.json,
+    metrics.jsonl and results.json. Anything already in OUT is refused without --resume (a CE run must not
+    replace an RLO run's model), or moved aside with --overwrite; --resume checks the defining settings."""
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    if main_process and not args.resume and os.path.isdir(args.out) and os.listdir(args.out):
+        if not args.overwrite:
+            raise UsageError(f"{args.out} already holds a run; pass --resume to continue it or --overwrite "
+                             "to move it aside and start afresh")
+        _move_aside(args.out)
+    return RunDir(os.path.join(args.out, "run"), vars(args), resume=args.resume is not None,
+                  defining=defining_keys(vars(args)), main_process=main_process)
+
+
+def _move_aside(path):
+    import time
+    aside = f"{path.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+    try:
+        os.replace(path, aside)
+    except OSError as err:
+        raise UsageError(f"cannot move {path} aside: {err.strerror or err}") from None
+    print(f"moved the old run in {path} aside to {aside}", flush=True)
+
+
 def main(args):
-    form = check_args(args)
-    resume = None if args.eval_only else resume_point(args)
+    """Fine-tune (or --eval-only) and evaluate; returns the results (also OUT/eval_results.json and
+    OUT/run/results.json)."""
+    import utils.tv_compat  # noqa: F401  (before transformers, which may import torchvision)
     from transformers import set_seed
-    set_seed(args.seed)
-    tokenizer, model = load_model(args.model)
-    data = load_data(args, tokenizer)
-    extra = extra_eval_sets(args, tokenizer)
-    os.makedirs(args.output_dir, exist_ok=True)
-    write_config(os.path.join(args.output_dir, "run"), args)
-    trainer = make_trainer(args, model, tokenizer, data, form)
-    if args.head == "chunked":
-        check_plain_head(model, trainer.capture)
-    results = {"model": args.model, "objective": args.loss}
-    if not args.eval_only:
-        results.update(train(trainer, args, tokenizer, resume))
-    sets = {"validation": data["validation"], **({"test": data["test"]} if "test" in data else {}), **extra}
-    for name, ds in sets.items():
-        results.update(trainer.evaluate(eval_dataset=ds, metric_key_prefix=name))
-    if trainer.is_world_process_zero():
-        atomic_write_json(os.path.join(args.output_dir, "eval_results.json"), results)
-        append_jsonl(os.path.join(args.output_dir, "run", "metrics.jsonl"), results)
-        summary = "  ".join(f"{name} ppl {results[name + '_perplexity']:.2f}" for name in sets)
-        print(f"{args.loss}: {summary}", file=sys.stderr)
+
+    from utils.runio import set_threads
+    form = check_args(args)
+    args.out = args.out or default_out(args)
+    set_threads(args.threads)
+    resume = None if args.eval_only else resume_point(args)
+    with open_run_dir(args) as run:  # refusals come before any model or data is loaded
+        set_seed(args.seed)
+        tokenizer, model = load_model(args.model)
+        data = load_data(args, tokenizer)
+        extra = extra_eval_sets(args, tokenizer)
+        trainer = make_trainer(args, model, tokenizer, data, form)
+        if args.head == "chunked":
+            check_plain_head(model, trainer.capture)
+        results = {"model": args.model, "objective": args.loss}
+        if not args.eval_only:
+            results.update(train(trainer, args, tokenizer, resume))
+        sets = {"validation": data["validation"], **({"test": data["test"]} if "test" in data else {}), **extra}
+        for name, ds in sets.items():
+            results.update(trainer.evaluate(eval_dataset=ds, metric_key_prefix=name))
+        if trainer.is_world_process_zero():
+            atomic_write_json(os.path.join(args.out, "eval_results.json"), results)
+            run.log(results)
+            run.finish(results)
+            summary = "  ".join(f"{name} ppl {results[name + '_perplexity']:.2f}" for name in sets)
+            print(f"{args.loss}: {summary}", file=sys.stderr)
     return results
 
 

@@ -7,6 +7,7 @@ the authors' --dimhead), pretrained (local weights file for vit_timm), depth (ov
 """
 import warnings
 
+import utils.tv_compat  # noqa: F401  (before torchvision: `import models` must work first in a user's script)
 from models import airbench, convnets, resnet20, transformers
 
 MODELS = {

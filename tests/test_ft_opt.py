@@ -220,3 +220,30 @@ def test_dataset_layouts_and_also_eval(tiny, tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ptb" in err[0]
+
+
+def test_existing_run_is_refused_and_resume_checks_the_loss(tiny, tmp_path, capsys):
+    out = tmp_path / "ft"
+    first = ft_opt.main(base_args(tiny, out, "--loss", "root", "--max-steps", "2", "--save-steps", "2"))
+    model_file = sorted(p.name for p in out.iterdir() if p.name.startswith("model"))
+    before = {name: (out / name).read_bytes() for name in model_file}
+    capsys.readouterr()
+    for extra, needle in ((["--loss", "ce"], "--overwrite"), (["--loss", "ce", "--resume"], "--loss 'root'")):
+        with pytest.raises(SystemExit) as exc:
+            run_cli(ft_opt.main, base_args(tiny, out, "--max-steps", "3", "--save-steps", "2", *extra))
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and needle in err[0]
+    assert {name: (out / name).read_bytes() for name in model_file} == before  # the RLO model is untouched
+    assert json.loads((out / "run" / "results.json").read_text())["validation_perplexity"] == \
+        pytest.approx(first["validation_perplexity"])
+    ft_opt.main(base_args(tiny, out, "--loss", "ce", "--max-steps", "2", "--overwrite"))
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("ft.old-")]
+    assert len(aside) == 1 and json.loads((aside[0] / "run" / "config.json").read_text())["loss"] == "root"
+    assert json.loads((out / "run" / "config.json").read_text())["loss"] == "ce"
+
+
+def test_default_output_dir_names_the_loss(tiny):
+    root = ft_opt.parse_args(["--model", tiny["model"], "--loss", "root"])
+    ce = ft_opt.parse_args(["--model", tiny["model"], "--loss", "ce"])
+    assert "_root_k5_m5_" in ft_opt.default_out(root) and "_ce_" in ft_opt.default_out(ce)
+    assert ft_opt.default_out(root) != ft_opt.default_out(ce)

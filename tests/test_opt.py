@@ -1,6 +1,7 @@
 """End to end: opt.py / llama.py on tiny OPT and Llama models built and briefly trained in the test."""
 import json
 import os
+import tempfile
 
 import pytest
 import torch
@@ -24,7 +25,8 @@ def tiny(tmp_path_factory):
 
 
 def run(model, data, *flags):
-    return opt.main(opt.parse_args([model, "wikitext2", *flags, "--data-dir", data]))
+    out = [] if "--out" in flags or "--output-dir" in flags else ["--out", os.path.join(tempfile.mkdtemp(), "run")]
+    return opt.main(opt.parse_args([model, "wikitext2", *flags, "--data-dir", data, *out]))
 
 
 def test_more_bits_lower_perplexity(tiny):
@@ -104,7 +106,8 @@ def test_tiny_llama_through_the_same_code(tmp_path):
     base = run(path, data, *FAST, "--wbits", "16")
     quant = run(path, data, *FAST, "--wbits", "4", "--quant", "ldlqRG", "--incoh_processing")
     assert torch.isfinite(torch.tensor(quant["ppl_wikitext2"])) and quant["proxy_loss"] > 0
-    args = opt.parse_args([path, "wikitext2", "--wbits", "16", *FAST, "--data-dir", data], family="llama")
+    args = opt.parse_args([path, "wikitext2", "--wbits", "16", *FAST, "--data-dir", data,
+                           "--out", str(tmp_path / "run")], family="llama")
     assert opt.main(args)["ppl_wikitext2"] == base["ppl_wikitext2"]
 
 
@@ -148,3 +151,56 @@ def test_max_eval_windows_subsamples(tiny):
     full = run(model, data, "--wbits", "16", "--eval", "ptb")["ppl_ptb"]
     part = run(model, data, "--wbits", "16", "--eval", "ptb", "--max-eval-windows", "3")["ppl_ptb"]
     assert part != full and abs(part / full - 1) < 0.5
+
+
+def test_writes_a_run_directory_by_default_and_refuses_to_replace_it(tiny, tmp_path, monkeypatch, capsys):
+    data, model = tiny
+    monkeypatch.chdir(tmp_path)
+    argv = [model, "wikitext2", "--wbits", "16", *FAST, "--data-dir", data]
+    results = opt.main(opt.parse_args(argv))
+    (out,) = [os.path.join("runs", "opt", d) for d in os.listdir(os.path.join("runs", "opt"))]
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f) == results
+    with open(os.path.join(out, "config.json")) as f:
+        config = json.load(f)
+    assert config["wbits"] == 16 and config["git_commit"] and "argv" in config
+    with pytest.raises(SystemExit) as exc:
+        run_cli(opt.main, opt.parse_args(argv))
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "--overwrite" in err and len(err.splitlines()) == 1
+    assert opt.main(opt.parse_args([*argv, "--overwrite"]))["ppl_wikitext2"] == results["ppl_wikitext2"]
+    assert any(d.startswith(os.path.basename(out) + ".old-") for d in os.listdir(os.path.join("runs", "opt")))
+
+
+def test_save_refuses_the_models_own_and_a_non_empty_directory(tiny, tmp_path, capsys):
+    data, model = tiny
+    before = sorted(os.listdir(model))
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    for target, needle in ((model, "model being read"), (str(full), "not empty")):
+        with pytest.raises(SystemExit) as exc:
+            run_cli(opt.main, opt.parse_args([model, "wikitext2", "--wbits", "4", "--save", target, *FAST,
+                                              "--data-dir", data, "--out", str(tmp_path / "r")]))
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and needle in err and len(err.splitlines()) == 1
+    assert sorted(os.listdir(model)) == before and (full / "keep.txt").read_text() == "mine"
+    run(model, data, "--wbits", "4", "--save", str(full), "--nsamples", "16", "--eval", "", "--overwrite")
+    assert os.path.exists(full / saveload.CODES_FILE) and not (full / "keep.txt").exists()
+    aside = [p for p in os.listdir(tmp_path) if p.startswith("full.old-")]
+    assert len(aside) == 1 and (tmp_path / aside[0] / "keep.txt").read_text() == "mine"
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
+def test_save_is_atomic(tiny, tmp_path, monkeypatch):
+    """A crash while writing the model leaves no half-written --save directory behind."""
+    data, model = tiny
+    target = tmp_path / "q"
+
+    def crash(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(saveload, "atomic_torch_save", crash)
+    with pytest.raises(SystemExit):
+        run_cli(opt.main, opt.parse_args([model, "wikitext2", "--wbits", "4", "--save", str(target), *FAST,
+                                          "--nsamples", "16", "--data-dir", data, "--out", str(tmp_path / "r")]))
+    assert not target.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]

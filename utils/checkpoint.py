@@ -6,9 +6,10 @@ A checkpoint is a dict saved with torch.save (written atomically) with two keys 
 - 'config': the settings that rebuild the model and identify the run (for train.py: net, dataset, size, patch,
   dimhead, loss, k, m, data_dir, ...);
 and, by kind, the state: 'model' (state dict, unwrapped from DDP), 'optimizer', 'scheduler', 'scaler', 'epoch'
-(epochs completed), 'step', 'best_acc', 'rng' (see rng_state), 'partial' (None, or the progress inside an
-interrupted epoch), or several named state dicts (a GAN's 'G' and 'D'). train.py writes <out>/checkpoint.pt every
-epoch and <out>/best.pt whenever validation accuracy improves.
+(epochs completed), 'step', 'best_acc', 'best_epoch', 'rng' (see rng_state), 'last_record' (the epoch's
+metrics line), 'partial' (None, or the progress inside an interrupted epoch), or several named state dicts (a
+GAN's 'G' and 'D'). train.py writes <out>/checkpoint.pt every epoch, then <out>/best.pt whenever validation
+accuracy improves, then the metrics line.
 
 Checkpoints written before 'kind' existed (train.py's, with an 'args' key) load as kind 'train' with
 config = args.

@@ -18,6 +18,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+import utils.tv_compat  # noqa: F401  (must come before torchvision)
 import torchvision.datasets as tvd
 import torchvision.transforms as T
 from PIL import Image

@@ -4,12 +4,14 @@ One run directory per run: config.json (arguments + git commit), metrics.jsonl (
 evaluation) and results.json (final numbers). Every write goes to a temporary file that is renamed into
 place, so an interrupted run never leaves a half-written file.
 """
+import hashlib
 import json
 import os
 import subprocess
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TMP_PREFIX = ".tmp-"
 
 
 def git_commit():
@@ -34,15 +36,31 @@ def _file_mode(path):
         return 0o666 & ~umask
 
 
-def atomic_write_bytes(path, data):
+def _fsync_dir(folder):
+    """Make a rename durable: fsync the folder that holds the new name (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path, write):
+    """write(tmp_path) into a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder.
+    Readers see the old file or the new one, never a part; the temporary file is removed on any failure."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     mode = _file_mode(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX + os.path.basename(path))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)  # mkstemp makes 0600 files; keep the mode a plain write would give
         os.replace(tmp, path)
@@ -50,6 +68,14 @@ def atomic_write_bytes(path, data):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(folder)
+
+
+def atomic_write_bytes(path, data):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    _atomic_write(path, write)
 
 
 def atomic_write_text(path, text):
@@ -61,21 +87,19 @@ def atomic_write_json(path, obj):
 
 
 def atomic_torch_save(obj, path):
-    """torch.save to a temporary file in the same folder, then rename over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    mode = _file_mode(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
-    os.close(fd)
+    """torch.save to a temporary file in the same folder, fsync, then rename over `path`."""
     import torch  # here, not at module level: scripts that never save a tensor stay light to import
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def clean_temp_files(folder):
+    """Remove temporary files left in `folder` by a writer that was killed (kill -9) mid-write."""
+    for name in os.listdir(folder):
+        if name.startswith(TMP_PREFIX):
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass
 
 
 def append_jsonl(path, record):
@@ -111,7 +135,7 @@ def write_config(run_dir, args):
 
 
 # ----- the run directory ----------------------------------------------------------------------------------------
-RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "checkpoint.pt")
+RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "checkpoint.pt", "best.pt")
 
 
 def versions():
@@ -134,15 +158,31 @@ def set_threads(n):
     return _torch.get_num_threads()
 
 
-def add_run_args(parser, default_out="a name built from the settings, under runs/"):
-    """--out, --resume, --overwrite and --threads, the same in every entry script."""
-    parser.add_argument("--out", default=None, help=f"run directory (default: {default_out})")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+def add_run_args(parser, default_out="a name built from the settings, under runs/", resume_flags=("--resume",),
+                 out_flags=("--out",)):
+    """--out, --resume, --overwrite and --threads, the same in every entry script (resume_flags=(): a script
+    with nothing to resume or its own --resume; out_flags: older spellings of --out kept for old commands)."""
+    parser.add_argument(*out_flags, dest="out", default=None, help=f"run directory (default: {default_out})")
+    if resume_flags:
+        parser.add_argument(*resume_flags, dest="resume", action="store_true",
+                            help="continue the run in --out (refused if its defining settings differ)")
     parser.add_argument("--overwrite", action="store_true",
                         help="move an existing run in --out aside (to OUT.old-TIMESTAMP) and start afresh")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch (0: torch's default; 1 is much faster on an oversubscribed CPU)")
     return parser
+
+
+def config_hash(config, keys):
+    """A short, stable hash of config's `keys` (for default run names that differ whenever the run does)."""
+    blob = json.dumps({key: config.get(key) for key in sorted(keys)}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:6]
+
+
+def config_differences(saved, now, keys):
+    """'--key saved (saved) vs now (now)' for each of `keys` the saved config has with another value."""
+    return [f"--{key.replace('_', '-')} {saved.get(key)!r} (saved) vs {now.get(key)!r} (now)"
+            for key in keys if key in saved and saved.get(key) != now.get(key)]
 
 
 def holds_run(path):
@@ -161,39 +201,65 @@ class RunDir:
     """
 
     def __init__(self, path, config, resume=False, overwrite=False, defining=(), main_process=True):
-        from utils.cli import UsageError
         self.path, self.main = path, main_process
-        self._lock = None
+        self._lock, self._fresh = None, False
+        self.saved_config = self.read_json("config.json") if holds_run(path) else None
+        if not main_process:  # the main process checks and writes; the others only read
+            self.config = dict(self.saved_config if resume and self.saved_config else config)
+            return
+        from utils.cli import UsageError
+        try:
+            self._open(config, resume, overwrite, defining)
+        except OSError as err:
+            self.release()
+            raise UsageError(f"cannot write run directory {path}: {err.strerror or err}") from None
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self, config, resume, overwrite, defining):
+        from utils.cli import UsageError
+        path = self.path
         if os.path.exists(path) and not os.path.isdir(path):
             raise UsageError(f"run directory {path} exists and is not a directory")
         exists = holds_run(path)
         if resume and not exists:
             raise UsageError(f"--resume: {path} holds no run to resume")
-        self.saved_config = self.read_json("config.json") if exists else None
         if exists and resume and self.saved_config is not None:
             self._check_same(config, defining)
-        if main_process:
-            try:
-                if exists and not resume:
-                    if not overwrite:
-                        raise UsageError(f"{path} already holds a run; pass --resume to continue it or "
-                                         "--overwrite to move it aside and start afresh")
-                    import time
-                    aside = f"{path.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-                    os.replace(path, aside)
-                    print(f"moved the old run in {path} aside to {aside}", flush=True)
-                os.makedirs(path, exist_ok=True)
-                self._acquire_lock()
-                self.config = self._write_config(config, resume and exists)
-            except OSError as err:
-                raise UsageError(f"cannot write run directory {path}: {err.strerror or err}") from None
-        else:
-            self.config = dict(config)
+        if exists and not resume:
+            if not overwrite:
+                raise UsageError(f"{path} already holds a run; pass --resume to continue it or "
+                                 "--overwrite to move it aside and start afresh")
+            self._move_aside()
+        os.makedirs(path, exist_ok=True)
+        self._acquire_lock()
+        clean_temp_files(path)
+        self._fresh = not (resume and exists)
+        self.config = self._write_config(config, resume and exists)
+
+    def _move_aside(self):
+        import time
+        aside = f"{self.path.rstrip(os.sep)}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(self.path, aside)
+        print(f"moved the old run in {self.path} aside to {aside}", flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        """Release the lock; a new run that failed before writing anything but config.json leaves nothing
+        behind, so that running the corrected command again is not refused."""
+        if exc_type is not None and self.main and self._fresh and os.path.isdir(self.path) \
+                and set(os.listdir(self.path)) <= {"config.json", ".lock"}:
+            for name in os.listdir(self.path):
+                os.unlink(self.file(name))
+            os.rmdir(self.path)
+        self.release()
 
     def _check_same(self, config, defining):
         from utils.cli import UsageError
-        diffs = [f"--{key} {self.saved_config.get(key)!r} (saved) vs {config.get(key)!r} (now)"
-                 for key in defining if key in self.saved_config and self.saved_config.get(key) != config.get(key)]
+        diffs = config_differences(self.saved_config, config, defining)
         if diffs:
             raise UsageError(f"cannot resume {self.path}: it was run with other settings: " + "; ".join(diffs))
 
@@ -218,7 +284,10 @@ class RunDir:
         record = dict(config)
         if resuming and self.saved_config is not None:
             record = dict(self.saved_config)
-            record.setdefault("resumes", []).append({"argv": sys.argv, "git_commit": git_commit()})
+            changed = {key: value for key, value in config.items() if record.get(key, value) != value}
+            record.setdefault("resumes", []).append({"argv": sys.argv, "git_commit": git_commit(),
+                                                     "changed": changed})
+            record.update(changed)  # what is in effect now (only settings that may change on resume differ)
         else:
             record.update(argv=sys.argv, git_commit=git_commit(), versions=versions(),
                           threads=_torch_threads())
