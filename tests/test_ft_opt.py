@@ -132,6 +132,23 @@ def test_grad_accumulation_matches_one_big_batch(tiny, tmp_path):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(tiny, tmp_path):
+    batch = make_batch(tiny)
+    count = (batch["shift_labels"] != -100).sum()
+    grads = []
+    for flags in ([], ["--gradient-checkpointing"]):
+        args = base_args(tiny, tmp_path / f"gc{len(flags)}", "--max-steps", "1", *flags)
+        model = load(tiny)
+        trainer = ft_opt.make_trainer(args, model, tiny["tokenizer"], {"validation": []}, ft_opt.check_args(args))
+        assert model.is_gradient_checkpointing == bool(flags)
+        model.zero_grad()
+        loss = trainer.training_step(model, dict(batch), count)
+        grads.append((loss, [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1][0], grads[0][0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
 def reference_perplexity(tiny, path, block):
     """exp(mean next-token CE) over blocks of the concatenated per-line tokens, computed directly."""
     tokenizer, model = tiny["tokenizer"], load(tiny)
