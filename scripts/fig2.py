@@ -43,12 +43,6 @@ def _by_seed(rows, **match):
     return {r["seed"]: r for r in rows if all(r[k] == v for k, v in match.items())}
 
 
-def combined(claim, records):
-    """One claim over several settings: THE rule's combine, with the settings' own records inside."""
-    return {"claim": claim, "verdict": report.combine(r["verdict"] for r in records), "n": min(r["n"] for r in records),
-            "diff": None, "ci_low": None, "ci_high": None, "settings": [r["claim"] for r in records]}
-
-
 def make_verdicts(rows, rlo_forms):
     """Per claim, RLO form and optimiser: a paired (by seed) verdict per depth, and their combination."""
     out = []
@@ -64,7 +58,7 @@ def make_verdicts(rows, rlo_forms):
                     settings.append(report.verdict_record(f"{key}: {rlo} vs ce, {opt}, {depth} layers", cmp,
                                                           "greater", optimizer=opt, depth=depth, loss=rlo, key=key))
                 if settings:
-                    out += settings + [combined(f"{claim}, {opt}, RLO = {rlo}", settings)]
+                    out += settings + [report.combined_record(f"{claim}, {opt}, RLO = {rlo}", settings)]
     return out
 
 

@@ -50,12 +50,6 @@ def _log10_by_seed(rows, setting, loss, key):
             if r["setting"] == setting and r["loss"] == loss and r[key] is not None and r[key] > 0}
 
 
-def combined(claim, records):
-    """One claim over several settings: THE rule's combine, with the settings' own records inside."""
-    return {"claim": claim, "verdict": report.combine(r["verdict"] for r in records), "n": min(r["n"] for r in records),
-            "diff": None, "ci_low": None, "ci_high": None, "settings": [r["claim"] for r in records]}
-
-
 def make_verdicts(rows, base, rlo):
     """Per measure: log10 kappa(RLO) - log10 kappa(CE) paired by seed in each setting ('less'), then combined."""
     out = []
@@ -69,7 +63,7 @@ def make_verdicts(rows, base, rlo):
                 settings.append(report.verdict_record(f"log10 {name}: {rlo} vs {base}, {setting}", cmp, "less",
                                                       setting=setting, measure=key, loss=rlo))
         if settings:
-            out += settings + [combined(f"{CLAIM}, by {name}", settings)]
+            out += settings + [report.combined_record(f"{CLAIM}, by {name}", settings)]
     return out
 
 

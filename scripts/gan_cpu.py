@@ -69,12 +69,6 @@ def make_rows(settings):
     return rows
 
 
-def combined(claim, records):
-    """One claim over several settings: THE rule's combine, with the settings' own records inside."""
-    return {"claim": claim, "verdict": report.combine(r["verdict"] for r in records), "n": min(r["n"] for r in records),
-            "diff": None, "ci_low": None, "ci_high": None, "settings": [r["claim"] for r in records]}
-
-
 def make_verdicts(rows):
     """Per setting: FID (mean of the last 3 evaluations) of RLO minus CE, paired by seed ('less'); combined."""
     settings = []
@@ -84,7 +78,7 @@ def make_verdicts(rows):
         seeds = sorted(set(ce) & set(rlo))
         cmp = report.paired([rlo[s] for s in seeds], [ce[s] for s in seeds])
         settings.append(report.verdict_record(f"FID rlo - ce, {setting}", cmp, "less", setting=setting))
-    return settings + [combined(CLAIM, settings)] if settings else []
+    return settings + [report.combined_record(CLAIM, settings)] if settings else []
 
 
 def matched_steps(runs, n=9):

@@ -77,12 +77,6 @@ def paper_best(paper, ds, family, base):
     return (max(fam), lr[0]) if fam and lr else None
 
 
-def combined(claim, records):
-    """One claim over several settings: THE rule's combine, with the settings' own records inside."""
-    return {"claim": claim, "verdict": report.combine(r["verdict"] for r in records), "n": min(r["n"] for r in records),
-            "diff": None, "ci_low": None, "ci_high": None, "settings": [r["claim"] for r in records]}
-
-
 def accuracy_verdicts(datasets, paper):
     """Best-k (the paper's protocol) and nested-CV RLO vs LR, paired by fold, per dataset and combined."""
     out = []
@@ -96,10 +90,10 @@ def accuracy_verdicts(datasets, paper):
             if res["nested"]:
                 cmp = report.paired(100 * np.asarray(res["nested"][family]["acc"]), col(res, base))
                 nested.append(report.verdict_record(f"nested-CV {family} vs {base}, {ds}", cmp, "greater", dataset=ds))
-        out += best + [combined(f"Table 7: {family} (best k picked on the test folds) beats {base} on every "
+        out += best + [report.combined_record(f"Table 7: {family} (best k picked on the test folds) beats {base} on every "
                                 "dataset", best)]
         if nested:
-            out += nested + [combined(f"{family} beats {base} when k is chosen on inner folds (nested CV; "
+            out += nested + [report.combined_record(f"{family} beats {base} when k is chosen on inner folds (nested CV; "
                                       "not tested in the paper)", nested)]
     return out
 

@@ -92,3 +92,10 @@ def test_save_figure_atomic(tmp_path):
     ax.plot([0, 1], [0, 1])
     path = report.save_figure(fig, str(tmp_path / "f.png"))
     assert open(path, "rb").read(4) == b"\x89PNG" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_combined_record_names_its_settings():
+    a = report.verdict_record("x, fc2", report.paired_diffs([1.0, 1.1, 0.9]))
+    b = report.verdict_record("x, fc3", report.paired_diffs([1.0, -1.0, 0.2]))
+    rec = report.combined_record("x", [a, b])
+    assert rec["verdict"] == "inconclusive" and rec["settings"] == ["x, fc2", "x, fc3"] and rec["n"] == 3

@@ -135,6 +135,14 @@ def verdict_record(claim, cmp, direction="greater", claimed=None, **extra):
     return record
 
 
+def combined_record(claim, records):
+    """A claim over several settings: `combine` of the settings' verdict records, naming them (no interval)."""
+    records = list(records)
+    return {"claim": claim, "verdict": combine(r["verdict"] for r in records),
+            "n": min((r["n"] for r in records), default=0), "diff": None, "ci_low": None, "ci_high": None,
+            "settings": [r["claim"] for r in records]}
+
+
 def _num(x):
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
