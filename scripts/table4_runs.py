@@ -51,7 +51,8 @@ def quantize(args, base, bits):
     if not os.path.exists(os.path.join(q, "quant_codes.pt")):
         opt.main(opt.parse_args([base, "wikitext2", "--wbits", str(bits), "--quant", "ldlqRG",
                                  "--incoh_processing", "--save", q, "--nsamples", str(args.nsamples),
-                                 "--eval", "", "--threads", str(args.threads), "--data-dir", args.data_dir]))
+                                 "--eval", "", "--threads", str(args.threads), "--data-dir", args.data_dir,
+                                 "--out", q + ".run", "--overwrite"]))
     return q
 
 

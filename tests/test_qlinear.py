@@ -12,7 +12,7 @@ AUTHORS = ["--quant", "ldlqRG", "--incoh_processing"]
 
 def quantize(model, data, out, *flags):
     opt.main(opt.parse_args([model, "wikitext2", *flags, "--save", out, "--nsamples", "8", "--eval", "",
-                             "--data-dir", data]))
+                             "--data-dir", data, "--out", out + ".run"]))
     return out
 
 
