@@ -23,6 +23,7 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default=None, help="where the report goes (default: results/)")
     p.add_argument("--command", default=DEFAULT_COMMAND, help="the command that made the runs, for the report")
     p.add_argument("--settings", default=None, help="a line describing the settings (default: read off the runs)")
+    p.add_argument("--notes", default=None, help="a markdown file appended as the report's Notes section")
     return p.parse_args(argv)
 
 
@@ -34,10 +35,11 @@ def arm_of(res):
             "root_paper": f"RLO paper form k={res['k']:g}"}.get(res["loss"], res["loss"])
 
 
-def first_time_at(curve, threshold):
+def first_at(curve, threshold, key="train_s"):
+    """`key` ("train_s" or "epoch") of the first epoch whose accuracy reaches `threshold`, else None."""
     for point in curve:
         if point["acc"] >= threshold - 1e-9:
-            return point["train_s"]
+            return point[key]
     return None
 
 
@@ -62,7 +64,8 @@ def collect(runs_dir):
         group = [r for r in rows if r["density"] == row["density"] and r["seed"] == row["seed"]
                  and r["method"] == "gem-miner"]
         row["common_acc"] = min(r["best_acc"] for r in group)
-        row["time_to_common_s"] = first_time_at(row["curve"], row["common_acc"])
+        row["time_to_common_s"] = first_at(row["curve"], row["common_acc"])
+        row["epochs_to_common"] = first_at(row["curve"], row["common_acc"], "epoch")
     return rows
 
 
@@ -110,7 +113,7 @@ def arm_order(rows):
 
 def results_table(rows):
     head = ["sparsity %", "arm", "seeds", "mined acc (before FT)", "FT start acc", "final acc", "best acc",
-            "FT s/epoch", "s to best", "s to common acc", "layers collapsed"]
+            "FT s/epoch", "s to best", "s to common acc", "epochs to common acc", "layers collapsed"]
     body = []
     for d in sorted({r["density"] for r in rows}, reverse=True):
         for arm in arm_order(rows):
@@ -121,7 +124,7 @@ def results_table(rows):
             body.append([f"{100 - d:g}", arm, len(rs), report.fmt_pm(col("mined_acc")), report.fmt_pm(col("start_acc")),
                          report.fmt_pm(col("acc")), report.fmt_pm(col("best_acc")), report.fmt_pm(col("ft_epoch_s"), 1),
                          report.fmt_pm(col("time_to_best_s"), 1), report.fmt_pm(col("time_to_common_s"), 1),
-                         report.fmt_pm(col("collapsed"), 1)])
+                         report.fmt_pm(col("epochs_to_common"), 1), report.fmt_pm(col("collapsed"), 1)])
     return report.md_table(head, body)
 
 
@@ -173,11 +176,12 @@ def plot(rows, path):
     fig, (ax_b, ax_c) = plt.subplots(1, 2, figsize=(11, 4))
     densities = sorted({r["density"] for r in rows}, reverse=True)
     styles = ["-", "--", ":", "-."]
-    for arm in arm_order(rows):
-        xs = [100 - d for d in densities if any(r["arm"] == arm and r["density"] == d for r in rows)]
-        accs = [[r["acc"] for r in rows if r["arm"] == arm and r["density"] == 100 - x] for x in xs]
-        line = ax_b.errorbar(xs, [report.mean(a) for a in accs], yerr=[report.std(a) if len(a) > 1 else 0 for a in accs],
-                             marker="o", capsize=3, label=arm)
+    for i, arm in enumerate(arm_order(rows)):
+        ds = [d for d in densities if any(r["arm"] == arm and r["density"] == d for r in rows)]
+        accs = [[r["acc"] for r in rows if r["arm"] == arm and r["density"] == d] for d in ds]
+        line = ax_b.errorbar([100 - d + 0.03 * (i - 1.5) for d in ds], [report.mean(a) for a in accs],
+                             yerr=[report.std(a) if len(a) > 1 else 0 for a in accs], marker="o", capsize=3,
+                             label=arm)  # arms shifted a little apart on x so their error bars stay visible
         for d, style in zip(densities, styles):
             curves = [r["curve"] for r in rows if r["arm"] == arm and r["density"] == d]
             if curves:
@@ -218,6 +222,9 @@ def build(args):
              "## Verdicts", "", *report.verdict_lines(verdicts), "", report.RULE_TEXT, "",
              "## Per-layer density of the mined masks", "", *layer_table(rows), "",
              f"![accuracy vs sparsity and vs time]({os.path.basename(png)})", ""]
+    if args.notes:
+        with open(args.notes, encoding="utf-8") as f:
+            lines += ["## Notes", "", f.read().strip(), ""]
     flat = [{k: v for k, v in r.items() if k not in ("curve", "layers")} for r in rows]
     return report.write_report(args.name, lines, flat, paper, verdicts, out_dir=out_dir)
 
