@@ -154,19 +154,20 @@ def fmt_mb(b):
     return f"{b / 2**20:,.0f}"
 
 
-def bench_losses(sizes, repeats, chosen=None):
+def bench_losses(sizes, repeats, chosen=None, memory=True):
     rows = []
     for n, c in sizes:
         cases = cases_for(n, c, chosen)
         steps, finite = loss_steps(n, c, cases)
         timed = interleaved_times(steps, repeats)
         del steps
-        mems = {case: peak_in_subprocess("run_loss", case, (n, c)) for case in cases}
-        ref_m = mems["F.cross_entropy"]
+        print({case: timed[case] for case in cases}, flush=True)
+        mems = {case: peak_in_subprocess("run_loss", case, (n, c)) if memory else None for case in cases}
         for case in cases:
             t, ratio = timed[case]
-            rows.append((f"{n} x {c}", case, t * 1e3, ratio, fmt_mb(mems[case]), mems[case] / max(ref_m, 1),
-                         finite[case]))
+            m, ref_m = mems[case], mems["F.cross_entropy"]
+            rows.append((f"{n} x {c}", case, t * 1e3, ratio, "-" if m is None else fmt_mb(m),
+                         None if m is None else m / max(ref_m, 1), finite[case]))
             print(rows[-1], flush=True)
     return rows
 
@@ -203,7 +204,8 @@ def write_report(path, rows, linear_rows, dims, repeats, command):
              "memory / F.cross_entropy | gradient finite |",
              "|---|---|---|---|---|---|---|"]
     for size, case, t, rt, m, rm, fin in rows:
-        lines.append(f"| {size} | {case} | {t:,.1f} | {rt:.2f} | {m} | {rm:.2f} | {fin} |")
+        lines.append(f"| {size} | {case} | {t:,.1f} | {rt:.2f} | {m} | {'-' if rm is None else f'{rm:.2f}'} "
+                     f"| {fin} |")
     if not linear_rows:
         atomic_write_text(path, "\n".join(lines) + "\n")
         return
@@ -234,6 +236,7 @@ def parse_args(argv=None):
     p.add_argument("--cases", nargs="+", default=None, choices=CASES + COMPILED, metavar="CASE",
                    help=f"cases to run (default: all that fit the size); from {CASES + COMPILED}")
     p.add_argument("--no-linear", action="store_true", help="skip the chunked linear + loss section")
+    p.add_argument("--no-memory", action="store_true", help="time only (no peak-memory subprocesses)")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the report's command line
     return args
@@ -244,7 +247,7 @@ def main(args):
     dims = (512, 64, 5000) if args.quick else LINEAR
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = bench_losses(sizes, args.repeats, args.cases)
+    rows = bench_losses(sizes, args.repeats, args.cases, memory=not args.no_memory)
     linear_rows = [] if args.no_linear else bench_linear(dims, args.repeats)
     print(linear_rows, flush=True)
     command = " ".join(["python -m scripts.bench_losses", *map(shlex.quote, args.argv)])
