@@ -1,6 +1,7 @@
 """Smoke check of the patch in upstream's real training loop: a few iterations with CE and with RLO.
 
     OMP_NUM_THREADS=1 python -m stylegan_patch.smoke CLONE [--steps 2] [--k 2] [--out DIR] [--loss both|ce|rlo]
+    python -m stylegan_patch.smoke CLONE --out DIR --loss ce --check-only     # re-check finished runs
 
 CLONE (NVlabs/stylegan2-ada-pytorch) is copied to OUT/clone (the clone itself is not touched), the copy
 is patched with stylegan_patch/apply.py, and a tiny random 16x16 image folder is made. Then the real
@@ -11,14 +12,14 @@ checked against the formula of the logits logged with it (Loss/scores/fake and L
     Loss/G/loss = f(fake),  Loss/D/loss = f(-fake) + f(real),  f = softplus(-x) (ce) or rooted_logit(x, k)
 
 and upstream's own stats.jsonl must hold the same values (count and mean per statistic). Writes
-OUT/smoke.json and prints a table; exits 1 when a check fails. On a 2-core CPU one run of 2 steps takes
+OUT/smoke_<loss>.json and prints a table; exits 1 when a check fails. On a 2-core CPU one run of 2 steps takes
 several minutes (mostly network construction and the first iteration).
 """
 import os
+import glob
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import torch
@@ -104,39 +105,46 @@ def train_command(clone, run_dir, data, steps, trace):
             "--metrics", "none", "--workers", "1", "--snap", "1", "--seed", "0"]
 
 
-def run_one(clone, out, data, loss, k, steps, threads):
-    """Train `steps` iterations with one loss; returns the row of the report."""
+def train_one(clone, out, data, loss, k, steps, threads):
+    """Train `steps` iterations with one loss into OUT/<loss> (trace.jsonl, runs/, train.log)."""
     folder = os.path.join(out, loss)
     shutil.rmtree(folder, ignore_errors=True)
     os.makedirs(folder)
     trace = os.path.join(folder, "trace.jsonl")
     env = dict(os.environ, RLO_LOSS=loss, RLO_K=str(k), OMP_NUM_THREADS=str(threads))
-    start = time.time()
     with open(os.path.join(folder, "train.log"), "w") as log:
         proc = subprocess.run(train_command(clone, os.path.join(folder, "runs"), data, steps, trace),
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    seconds = time.time() - start
     if proc.returncode != 0:
         raise UsageError(f"train.py with RLO_LOSS={loss} exited {proc.returncode}; see {folder}/train.log")
-    records = read_jsonl(trace)
-    (run_dir,) = [os.path.join(folder, "runs", d) for d in os.listdir(os.path.join(folder, "runs"))]
-    stats = read_jsonl(os.path.join(run_dir, "stats.jsonl"))
+
+
+def check_one(out, loss, k):
+    """The report row of the finished run in OUT/<loss>."""
+    folder = os.path.join(out, loss)
+    runs = os.path.join(folder, "runs")
+    stats_files = glob.glob(os.path.join(runs, "*", "stats.jsonl"))
+    if len(stats_files) != 1:
+        raise UsageError(f"expected one finished run under {runs}, found {len(stats_files)}")
+    records = read_jsonl(os.path.join(folder, "trace.jsonl"))
+    stats = read_jsonl(stats_files[0])
     worst, counts = check_trace(records, loss, k)
     gaps = check_stats(stats, records)
     mean = {name: float(np.mean([v for r in records if r["name"] == name for v in r["values"]]))
             for name in ("Loss/G/loss", "Loss/D/loss")}
     ok = max(worst.values()) <= RTOL and max(gaps.values()) <= RTOL and min(counts.values()) > 0
-    return dict(loss=loss, k=k if loss == "rlo" else None, steps=steps, ticks=len(stats), n_G=counts["G"],
+    seconds = stats[-1]["Timing/total_sec"]["mean"] if stats else float("nan")  # upstream's own clock
+    return dict(loss=loss, k=k if loss == "rlo" else None, ticks=len(stats), n_G=counts["G"],
                 n_D=counts["D"], max_rel_err_G=worst["G"], max_rel_err_D=worst["D"],
                 stats_gap=max(gaps.values()), mean_G_loss=mean["Loss/G/loss"], mean_D_loss=mean["Loss/D/loss"],
                 seconds=round(seconds, 1), ok=ok)
 
 
 def table(rows):
-    head = "| loss | k | steps | ticks | G values | D values | max rel err G | max rel err D | stats.jsonl gap | mean Loss/G/loss | mean Loss/D/loss | s | ok |"
-    lines = [head, "|" + "---|" * 13]
+    head = "| loss | k | ticks | G values | D values | max rel err G | max rel err D | stats.jsonl gap | mean Loss/G/loss | mean Loss/D/loss | s | ok |"
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
-        lines.append(f"| {r['loss']} | {r['k'] if r['k'] is not None else '-'} | {r['steps']} | {r['ticks']} | "
+        lines.append(f"| {r['loss']} | {r['k'] if r['k'] is not None else '-'} | {r['ticks']} | "
                      f"{r['n_G']} | {r['n_D']} | {r['max_rel_err_G']:.1e} | {r['max_rel_err_D']:.1e} | "
                      f"{r['stats_gap']:.1e} | {r['mean_G_loss']:.4f} | {r['mean_D_loss']:.4f} | "
                      f"{r['seconds']:.0f} | {'yes' if r['ok'] else 'NO'} |")
@@ -152,6 +160,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the training runs")
     p.add_argument("--loss", type=str, default="both", choices=("both", "ce", "rlo"),
                    help="which runs to make (both: ce then rlo; one of them to run the two in parallel)")
+    p.add_argument("--check-only", action="store_true", help="check the finished runs in --out, train nothing")
     return p.parse_args(argv)
 
 
@@ -160,13 +169,16 @@ def main(args):
     if args.steps < 1 or args.threads < 1 or not args.k > 0:
         raise UsageError("--steps and --threads must be >= 1 and --k > 0")
     out = os.path.abspath(args.out)
-    os.makedirs(out, exist_ok=True)
-    print(copy_and_patch(clone, os.path.join(out, "clone"), args.k))
-    data = os.path.join(out, "data")
-    make_dataset(data)
-    rows = [run_one(os.path.join(out, "clone"), out, data, loss, args.k, args.steps, args.threads)
-            for loss in (("ce", "rlo") if args.loss == "both" else (args.loss,))]
-    atomic_write_json(os.path.join(out, "smoke.json"), {"rows": rows, "argv": sys.argv})
+    chosen = ("ce", "rlo") if args.loss == "both" else (args.loss,)
+    if not args.check_only:
+        os.makedirs(out, exist_ok=True)
+        print(copy_and_patch(clone, os.path.join(out, "clone"), args.k))
+        make_dataset(os.path.join(out, "data"))
+        for loss in chosen:
+            train_one(os.path.join(out, "clone"), out, os.path.join(out, "data"), loss, args.k, args.steps,
+                      args.threads)
+    rows = [check_one(out, loss, args.k) for loss in chosen]
+    atomic_write_json(os.path.join(out, f"smoke_{args.loss}.json"), {"rows": rows, "argv": sys.argv})
     print(table(rows))
     if not all(r["ok"] for r in rows):
         print("smoke check FAILED: a logged loss differs from its formula", file=sys.stderr)
