@@ -229,7 +229,8 @@ def power_lines(rows):
             continue
         out.append(f"- {LABELS[cell]} - CE: n = {cmp.n}, paired std {report.fmt(cmp.std)}, 95% half-width "
                    f"{report.fmt(cmp.half_width)} (target <= {HALF_WIDTH_TARGET:g}); at this std, "
-                   f"{need if need else 'more than 100'} seeds reach the target.")
+                   f"{need if need else 'more than 100'} seeds reach the target"
+                   + (" (a std from fewer than 5 seeds is itself rough)." if cmp.n < 5 else "."))
     return out
 
 
