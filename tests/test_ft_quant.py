@@ -32,7 +32,8 @@ def tiny(request, tmp_path_factory):
 def argv(tiny, out, *extra):
     _, data, _, saved = tiny
     train, test = (os.path.join(data, "wikitext-2", f"{split}.txt") for split in ("train", "test"))
-    # "validation" is the head of the training text: fine-tuning must at least fit what it trains on
+    # "validation" is the head of the training text: with --max-train-blocks 12 it is exactly what the
+    # fine-tune trains on, which it must at least fit
     return ["--base", saved, "--train-file", train, "--validation-file", train, "--test-file", test, "--eval-test", "--block-size", str(BLOCK),
             "--bs", "4", "--max-eval-blocks", "12", "--logging-steps", "1", "--out", str(out), *extra]
 
@@ -78,7 +79,8 @@ def test_root_fine_tune_perplexity_save_reload_merge(tiny, tmp_path):
     base = ft_quant.main(ft_quant.parse_args(argv(tiny, tmp_path / "nolora", "--eval-only")))
     run = tmp_path / "root"
     trained = ft_quant.main(ft_quant.parse_args(argv(tiny, run, "--loss", "root", "--k", "5", "--m", "5",
-                                                     "--max-steps", "12", "--lr", "1e-2", "--eval-merged")))
+                                                     "--max-steps", "12", "--lr", "3e-3", "--eval-merged",
+                                                     "--max-train-blocks", "12")))
     assert trained["train_steps"] == 12 and trained["lora"] and not base["lora"]
     assert trained["validation_perplexity"] < base["validation_perplexity"]
     assert trained["test_perplexity"] != base["test_perplexity"]
@@ -91,8 +93,8 @@ def test_root_fine_tune_perplexity_save_reload_merge(tiny, tmp_path):
                                                    "--adapters", str(run / "adapters"))))
     assert again["test_perplexity"] == pytest.approx(trained["test_perplexity"], rel=1e-6)
     resumed = ft_quant.main(ft_quant.parse_args(argv(tiny, run, "--loss", "root", "--k", "5", "--m", "5",
-                                                     "--max-steps", "12", "--lr", "1e-2", "--eval-merged",
-                                                     "--resume")))
+                                                     "--max-steps", "12", "--lr", "3e-3", "--eval-merged",
+                                                     "--max-train-blocks", "12", "--resume")))
     assert resumed == json.loads((run / "results.json").read_text())
 
 
