@@ -98,7 +98,7 @@ def check_args(args):
     """Validate; returns (the loss form, ft_opt's namespace). Bad values raise UsageError."""
     if args.lora_r <= 0 or args.lora_alpha <= 0 or not 0 <= args.lora_dropout < 1:
         raise UsageError("--lora-r and --lora-alpha must be positive and --lora-dropout in [0, 1)")
-    if not os.path.isdir(args.base):
+    if not args.dense_base and not os.path.isdir(args.base):  # a dense base may also be a hub id
         raise UsageError(f"--base {args.base}: no such directory")
     if not args.dense_base and not os.path.exists(os.path.join(args.base, saveload.CODES_FILE)):
         raise UsageError(f"--base {args.base} holds no {saveload.CODES_FILE}: not a directory written by "

@@ -148,6 +148,12 @@ class QuantLinear(nn.Module):
             self.V = FACTORED[cfg.proj](in_features, gen)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
+    @property
+    def qweight(self):
+        # peft places a new adapter on the device of the base layer's `qweight` (its name for the
+        # stored weight of a quantized layer); without it, a bias-free layer would have no tensor to ask
+        return self.codes
+
     def forward(self, x):
         if self.rescale is not None:
             x = x / self.rescale.to(x.dtype)

@@ -112,7 +112,7 @@ def verdicts(rows):
 SCALE = """Scale (CPU, one thread per process): the bases are 2-layer, 128-wide OPT and Llama models built from
 configs with a 2048-token byte-level BPE, pretrained 200 steps x 16 blocks of 128 tokens on WikiText-2 train
 (scripts/table4_base.py); quantized with opt.py ldlqRG --incoh_processing (butterfly), 32 calibration windows of
-128 tokens; LoRA r 8, alpha 16, dropout 0.05, lr 1e-3 (LLMTools' defaults) on every quantized decoder linear, 25
+128 tokens; LoRA r 8, alpha 16, dropout 0.05, lr 1e-3 (LLMTools' defaults) on every quantized decoder linear, 15
 AdamW steps x 8 blocks of 128 tokens from the first 2000 lines of WikiText-2 train; perplexity = exp(mean token
 CE) on the first 32 blocks of 128 tokens (4,064 predicted tokens) of WikiText-2 test and of the C4 validation
 sample. The paper fine-tunes Llama-3 8b/70b for 3 epochs on all of WikiText-2: these numbers test the

@@ -7,9 +7,9 @@
 #
 #   nohup bash scripts/table4_cpu.sh > runs/table4_cpu.log 2>&1 &
 #
-# One process per family (scripts/table4_runs.py), both in the background; resumable (finished steps are
+# scripts/table4_runs.py: one process per family for the bases, then one per family and seed; resumable (finished steps are
 # skipped). Environment overrides [defaults]: OUT [runs/table4_cpu]  DATA_DIR [utils.cli.default_data_dir()]
-# FAMILIES ["opt llama"]  THREADS [1]  TRAIN_LINES [2000]  RUN_FLAGS (extra scripts/table4_runs.py flags).
+# FAMILIES ["opt llama"]  SEEDS ["0 1 2"]  THREADS [1]  TRAIN_LINES [2000]  RUN_FLAGS (extra scripts/table4_runs.py flags).
 # Scale: fine-tuning reads the first TRAIN_LINES lines of WikiText-2 train; each evaluation is the first 32
 # blocks of 128 tokens of WikiText-2 test and of the C4 validation sample (see results/table4_cpu.md).
 set -euo pipefail
@@ -25,10 +25,18 @@ head -n "${TRAIN_LINES:-2000}" "$DATA_DIR/wikitext-2/train.txt" > "$MINI/wikitex
 for split in valid test; do head -n 800 "$DATA_DIR/wikitext-2/$split.txt" > "$MINI/wikitext-2/$split.txt"; done
 head -n 300 "$DATA_DIR/c4/c4_validation_2k.jsonl" > "$MINI/c4/c4_validation_2k.jsonl"
 
-for fam in $FAMILIES; do
+run() {  # run FAMILY LOG [flags]: one table4_runs process in the background
+  local fam=$1 log=$2; shift 2
   # shellcheck disable=SC2086
   python -m scripts.table4_runs --family "$fam" --out "$OUT" --data-dir "$DATA_DIR" --eval-data "$MINI" \
-    --threads "${THREADS:-1}" ${RUN_FLAGS:-} > "$OUT/$fam.log" 2>&1 &
+    --threads "${THREADS:-1}" ${RUN_FLAGS:-} "$@" > "$OUT/$log.log" 2>&1
+}
+for fam in $FAMILIES; do  # bases and quantized models first, then one process per seed
+  run "$fam" "$fam-base" --seeds &
+done
+wait
+for fam in $FAMILIES; do
+  for seed in ${SEEDS:-0 1 2}; do run "$fam" "$fam-s$seed" --seeds "$seed" & done
 done
 wait
 python -m scripts.table4_cpu --runs "$OUT/runs"
