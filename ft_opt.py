@@ -258,6 +258,7 @@ def training_arguments(args):
     """TrainingArguments from the CLI: AdamW, linear schedule with warmup, no hub, no reporting."""
     import torch
     from transformers import TrainingArguments
+    checkpointing = getattr(args, "gradient_checkpointing", False)  # ft_quant.py's arguments lack it
     return TrainingArguments(
         output_dir=args.out, num_train_epochs=args.epochs, max_steps=args.max_steps,
         per_device_train_batch_size=args.bs, per_device_eval_batch_size=args.eval_bs or args.bs,
@@ -267,8 +268,8 @@ def training_arguments(args):
         save_strategy="steps", save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         eval_strategy="steps" if args.eval_steps else "no", eval_steps=args.eval_steps or None,
         report_to="none", push_to_hub=False, remove_unused_columns=False, dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(), gradient_checkpointing=args.gradient_checkpointing,
-        gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS if args.gradient_checkpointing else None)
+        dataloader_pin_memory=torch.cuda.is_available(), gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS if checkpointing else None)
 
 
 CHECKPOINTING_KWARGS = {"use_reentrant": False}  # non-reentrant: works with the hidden-state hook and frozen inputs
@@ -278,7 +279,7 @@ def make_trainer(args, model, tokenizer, data, form):
     """A Trainer whose loss is the losses.py objective and whose evaluation is true perplexity."""
     import torch
     from transformers import Trainer
-    if args.gradient_checkpointing:  # here, not only in Trainer.train(), so every training step uses it
+    if getattr(args, "gradient_checkpointing", False):  # here, not only in Trainer.train(): every step uses it
         model.config.use_cache = False
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
 

@@ -10,6 +10,7 @@ is reported, because the machine may be shared. Blocked and unblocked codes are 
     python -m scripts.bench_quant --quick         # one small shape, for a smoke run
 """
 import platform
+import sys
 import statistics
 import time
 
@@ -36,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed runs per case (median reported)")
     p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4], help="bit widths")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--shapes", type=str, default=",".join(f"{m}x{d}" for m, d in SHAPES),
+                   help="comma-separated layer shapes ROWSxCOLS")
     p.add_argument("--quick", action="store_true", help="one 256x256 layer, one repeat")
     p.add_argument("--out", type=str, default="results/bench_quant.md", help="markdown output")
     return p.parse_args(argv)
@@ -87,7 +90,7 @@ def table(rows, args):
 
 def main(args):
     set_threads(args.threads)
-    shapes = [(256, 256)] if args.quick else SHAPES
+    shapes = [(256, 256)] if args.quick else [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
     repeats = 1 if args.quick else args.repeats
     rows, exact = {}, {}
     for m, d in shapes:
@@ -97,7 +100,7 @@ def main(args):
             print(f"{m}x{d} {bits}-bit:", {k: round(v, 3) for k, v in rows[(m, d, bits)][0].items()},
                   flush=True)
     header = (f"# Rounding speed: blocked LDLQ vs unblocked LDLQ vs GPTQ\n\n"
-              f"`python -m scripts.bench_quant{' --quick' if args.quick else ''}` "
+              f"`python -m scripts.bench_quant {' '.join(sys.argv[1:])}` "
               f"(commit {git_commit()}), {platform.processor() or platform.machine()}, "
               f"torch {torch.__version__}, {args.threads} thread(s), float32 loops, float64 factorisation, "
               "quantizer 'b', W clipped to the grid as `--quant ldlq` rounds it. "

@@ -28,9 +28,12 @@ THREADS=${THREADS:-1}
 PRETRAIN_FLAGS=${PRETRAIN_FLAGS:-"--preset tiny-opt-4x128 --vocab-size 2048 --bs 8 --lr 2e-3 --warmup-steps 100
   --max-steps 1400 --snapshot-steps 400"}
 FT_FLAGS=${FT_FLAGS:-"--max-steps 60 --bs 8 --block-size 256 --lr 2e-4 --warmup-steps 6 --max-eval-blocks 32"}
+FT_TRAIN_CHARS=${FT_TRAIN_CHARS:-1500000}  # about 1,400 blocks of 256 tokens, > 60 steps x 8 blocks
+FT_VALID_CHARS=${FT_VALID_CHARS:-200000}
 # 128 calibration windows (the reference); 48 evenly spaced evaluation windows per set (the CPU budget)
 QUANT_FLAGS=${QUANT_FLAGS:-"--nsamples 128 --max-eval-windows 48"}
 STAGES=${*:-"pretrain curve grid report"}
+mkdir -p "$OUT/ft_data"
 
 pretrain() {
   [ -e "$BASE/results.json" ] && return
@@ -66,14 +69,22 @@ curve() {  # 16-bit and 2-bit WikiText-2 perplexity of every pretraining snapsho
   done
 }
 
-finetune() {  # dir loss k seed: fine-tune the base on its own training text unless DONE
+head_text() {  # in out chars: the first rows (cut at a blank line) of a one-record .jsonl text, up to chars
+  [ -e "$2" ] || python -c 'import json, sys; t = json.load(open(sys.argv[1]))["text"]
+cut = t.rfind("\n\n", 0, int(sys.argv[3])); open(sys.argv[2], "w").write(json.dumps({"text": t[:cut]}) + "\n")' "$@"
+}
+
+finetune() {  # dir loss k seed: fine-tune the base on (the start of) its own training text unless DONE
   local dir=$1 loss=$2 k=$3 seed=$4
   [ -e "$dir/DONE" ] && return
   echo "== fine-tune $dir"
   rm -rf "$dir"  # a fine-tune without DONE was interrupted: start it afresh
+  # ft_opt.py tokenizes its whole files: give it what FT_FLAGS' steps can use, not all 11M characters
+  head_text "$BASE/data/train.jsonl" "$OUT/ft_data/train.jsonl" "$FT_TRAIN_CHARS"
+  head_text "$BASE/data/validation.jsonl" "$OUT/ft_data/validation.jsonl" "$FT_VALID_CHARS"
   # shellcheck disable=SC2086
   python ft_opt.py --model "$BASE_MODEL" --dataset wikitext2 --data-dir "$DATA_DIR" --output-dir "$dir" \
-    --train-file "$BASE/data/train.jsonl" --validation-file "$BASE/data/validation.jsonl" \
+    --train-file "$OUT/ft_data/train.jsonl" --validation-file "$OUT/ft_data/validation.jsonl" \
     --loss "$loss" --k "$k" --m "$k" --seed "$seed" $FT_FLAGS
   touch "$dir/DONE"
 }
