@@ -25,6 +25,7 @@ PLAN=(
   "gpu_tests|150|python -m pytest -q -m gpu tests/test_gpu.py|python -m pytest -q -m gpu tests/test_gpu.py"
   "bench_losses|120|python -m scripts.gpu_bench losses --out $DEST|python -m scripts.gpu_bench losses --out $DEST --quick --no-compile --repeats 2"
   "bench_train|90|python -m scripts.gpu_bench train --out $DEST --nets res50,vit --bs 512 --steps 20 --repeats 3|python -m scripts.gpu_bench train --out $DEST --quick"
+  "cifar_grid|240|python -m scripts.vision_grid --device cuda --size 32 --train-per-class 5000 --test-per-class 1000 --width 64 --bs 512 --cells ce root_k5 root_k8 root_k10 --seeds 0 1 2 3 4 --runs $DEST/cifar_grid --summary $DEST/cifar_grid.json && python -m scripts.table1_cpu --summary $DEST/cifar_grid.json --out-dir $DEST --name cifar_grid_report --title 'CIFAR-10 (JPEG copy), full data at 32 px, paired seeds, on the GPU'|python -m scripts.vision_grid -h > /dev/null"
   "ddp|60|torchrun --standalone --nproc_per_node=2 train.py --dataset digits --net res18_mini --n_epochs 1 --bs 64 --lr 1e-3 --out $DEST/ddp_run --overwrite|true"
 )
 
@@ -65,7 +66,7 @@ for entry in "${PLAN[@]}"; do
   echo "| $name | $limit | $status | $took | $(basename "$log") |" >> "$SUMMARY"
 done
 
-for md in "$DEST"/losses.md "$DEST"/train.md; do
+for md in "$DEST"/losses.md "$DEST"/train.md "$DEST"/cifar_grid_report.md; do
   [[ -f $md ]] && { echo; cat "$md"; } >> "$SUMMARY"
 done
 echo "summary: $SUMMARY"

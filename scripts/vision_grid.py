@@ -83,6 +83,9 @@ def parse_args(argv=None):
     p.add_argument("--wd", type=float, default=5e-2, help="AdamW weight decay")
     p.add_argument("--pad", type=int, default=2, help="random-crop padding in pixels (with random flips)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="where to train (init, order and augmentation are drawn on the CPU either way, so the "
+                        "pairing is the same; cuda: the GPU check's full-data run)")
     p.add_argument("--max-runs", type=int, default=None, help="stop after this many runs (for pilots)")
     p.add_argument("--shard", default="0/1", metavar="I/N",
                    help="run only every N-th planned run starting at I (I/N), so N processes can share the grid")
@@ -254,7 +257,7 @@ def run_one(args, cell, seed, data, on_batch=None):
     resume = os.path.exists(ckpt_path)
     run = RunDir(out, config, resume=resume, overwrite=not resume, defining=DEFINING)
     try:
-        model = initial_model(args, seed)
+        model = initial_model(args, seed).to(args.device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.wd)
         epoch = 0
         if resume:
@@ -266,7 +269,8 @@ def run_one(args, cell, seed, data, on_batch=None):
         steps = len(data["train"][1]) // args.bs
         for epoch in range(epoch, config["epochs"]):
             loss_fn, k = loss_at(CELLS[cell], epoch)
-            plan = epoch_plan(seed, epoch, len(data["train"][1]), args.pad)
+            plan = {key: v.to(args.device) for key, v in epoch_plan(seed, epoch, len(data["train"][1]),
+                                                                    args.pad).items()}
             start, cpu_start = time.perf_counter(), time.process_time()
             train_loss, train_acc, _ = train_epoch(model, optimizer, loss_fn, data["train"], plan, args,
                                                    epoch * steps, config["epochs"] * steps, on_batch)
@@ -393,7 +397,8 @@ def main(args):
         print(f"{len(rows)} of {len(plan_runs(args))} planned runs finished; wrote {args.summary}")
         return
     runs = my_runs(args)
-    data = prepare_data(load_cifar(args.tar, args.cache), args)
+    data = {split: tuple(t.to(args.device) for t in xy)
+            for split, xy in prepare_data(load_cifar(args.tar, args.cache), args).items()}
     ran = 0
     for cell, seed in runs:
         if finished(args, cell, seed) is not None:

@@ -12,7 +12,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summary = (out / "summary.md").read_text()
     assert "dry run" in summary
-    for part in ("env", "gpu_tests", "bench_losses", "bench_train"):
+    for part in ("env", "gpu_tests", "bench_losses", "bench_train", "cifar_grid"):
         assert f"| {part} |" in summary and f"| {part} | " in summary
-    assert summary.count("| ok |") >= 4 and "skipped" in summary  # ddp needs 2 GPUs
+    assert summary.count("| ok |") >= 5 and "skipped" in summary  # ddp needs 2 GPUs
     assert (out / "losses.json").exists() and (out / "train.json").exists()
