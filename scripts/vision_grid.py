@@ -2,7 +2,8 @@
 
 Run as `python -m scripts.vision_grid --threads 1` (nohup it: the whole plan is hours of CPU). Every (cell, seed)
 run has its own run directory under --runs (config.json, metrics.jsonl, results.json, checkpoint.pt each epoch);
-a finished run is skipped, an interrupted one continues from its last epoch, and after every run the per-run
+a finished run (in its run directory, or as a row of the committed summary when the directory is gone) is
+skipped, an interrupted one continues from its last epoch, and after every run the per-run
 numbers (final and per-epoch accuracy, validation loss, validation CE, seconds) are gathered into --summary
 (results/table1_cpu_runs.json, committed), so nothing measured is lost with the run directories.
 
@@ -322,15 +323,35 @@ def my_runs(args):
     return plan_runs(args)[i::n]
 
 
+def _matches(args, cell, seed, res):
+    same = all(res.get(key) == value for key, value in run_config(args, cell, seed).items())
+    return res if res.get("status") == "finished" and same else None
+
+
 def finished(args, cell, seed):
+    """The run's results.json when it finished under this protocol, else None."""
     path = os.path.join(args.runs, f"{cell}_s{seed}", "results.json")
     try:
         with open(path, encoding="utf-8") as f:
             res = json.load(f)
     except (OSError, ValueError):
         return None
-    same = all(res.get(key) == value for key, value in run_config(args, cell, seed).items())
-    return res if res.get("status") == "finished" and same else None
+    return _matches(args, cell, seed, res)
+
+
+def committed_rows(args):
+    """(cell, seed) -> row of --summary (committed to git): finished runs whose run directories may be gone."""
+    try:
+        with open(args.summary, encoding="utf-8") as f:
+            rows = json.load(f).get("rows", [])
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {(r.get("cell"), r.get("seed")): r for r in rows if isinstance(r, dict)}
+
+
+def recorded(args, cell, seed, committed):
+    """Finished either in its run directory or in the committed summary (same protocol)."""
+    return finished(args, cell, seed) or _matches(args, cell, seed, committed.get((cell, seed), {}))
 
 
 CURVES = ("acc", "val_loss", "val_ce", "train_loss", "train_acc", "train_s", "train_cpu_s", "k")
@@ -338,10 +359,13 @@ CURVES = ("acc", "val_loss", "val_ce", "train_loss", "train_acc", "train_s", "tr
 
 def summarize(args):
     """Write --summary: the protocol, the plan's size, and one flat row (with per-epoch curves) per finished run."""
-    rows = []
+    rows, committed = [], committed_rows(args)
     for cell, seed in plan_runs(args):
         res = finished(args, cell, seed)
-        if res is None:
+        if res is None:  # its run directory is gone (a new machine) or unfinished: keep the committed row
+            row = _matches(args, cell, seed, committed.get((cell, seed), {}))
+            if row is not None:
+                rows.append(row)
             continue
         metrics = read_jsonl(os.path.join(args.runs, f"{cell}_s{seed}", "metrics.jsonl"))
         rows.append({**res, **{f"{key}_curve": [r.get(key) for r in metrics] for key in CURVES}})
@@ -399,9 +423,9 @@ def main(args):
     runs = my_runs(args)
     data = {split: tuple(t.to(args.device) for t in xy)
             for split, xy in prepare_data(load_cifar(args.tar, args.cache), args).items()}
-    ran = 0
+    ran, committed = 0, committed_rows(args)
     for cell, seed in runs:
-        if finished(args, cell, seed) is not None:
+        if recorded(args, cell, seed, committed) is not None:
             continue
         if args.max_runs is not None and ran >= args.max_runs:
             break

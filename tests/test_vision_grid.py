@@ -1,6 +1,7 @@
 """scripts/vision_grid.py: the paired design, skip and resume, and the data helpers, on tiny fake data."""
 import io
 import json
+import shutil
 import os
 import tarfile
 
@@ -81,6 +82,24 @@ def test_grid_skips_finished_runs(tmp_path, monkeypatch):
         raise AssertionError("a finished run was trained again")
     monkeypatch.setattr(vg, "run_one", fail)
     vg.main(args)
+
+
+def test_committed_summary_stands_in_for_lost_run_directories(tmp_path, monkeypatch):
+    """A new machine has the committed summary but no runs/: nothing is retrained and no row is dropped."""
+    args = grid_args(tmp_path, "--cells", "ce", "--seeds", "0", "1")
+    vg.main(args)
+    before = json.loads((tmp_path / "summary.json").read_text())
+    shutil.rmtree(tmp_path / "runs")
+
+    def fail(*a, **k):
+        raise AssertionError("a run recorded in the summary was trained again")
+    monkeypatch.setattr(vg, "run_one", fail)
+    vg.main(args)
+    after = json.loads((tmp_path / "summary.json").read_text())
+    assert after["done"] == 2 and after["rows"] == before["rows"]
+    # a row recorded under another protocol does not count
+    other = grid_args(tmp_path, "--cells", "ce", "--seeds", "0", "--lr", "3e-2")
+    assert vg.recorded(other, "ce", 0, vg.committed_rows(other)) is None
 
 
 def test_interrupted_run_resumes_to_the_same_numbers(tmp_path, monkeypatch):
