@@ -251,6 +251,7 @@ class Run:
         self.sampler = du.ResumableSampler(self.train_set, self.world, self.rank, seed=args.seed)
         self.sync_every = args.sync_every or (50 if self.device.type == "cuda" else 1)
         self.epoch, self.step, self.best_acc, self.best_epoch, self.partial = 0, 0, 0.0, 0, None
+        self.rng_ranks = None  # every process's RNG state at a mid-epoch stop under DDP (gather_rng)
         self.last_record = None  # the newest epoch's metrics line, kept in the checkpoint too
         self.checked_step = 0  # the last step whose loss is known to be finite
         self.dir = None
@@ -272,7 +273,15 @@ class Run:
         return dict(model=self.net.state_dict(), optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
                     step=self.step, best_acc=self.best_acc, best_epoch=self.best_epoch, rng=rng_state(),
-                    partial=self.partial, last_record=self.last_record)
+                    partial=self.partial, last_record=self.last_record,
+                    **({"rng_ranks": self.rng_ranks} if self.partial is not None and self.rng_ranks else {}))
+
+    def gather_rng(self):
+        """Collect every process's RNG state (a collective: all processes call it) so that a mid-epoch resume
+        continues each process's augmentation stream where it stopped, not only rank 0's."""
+        from utils import distributed as du
+        from utils.checkpoint import rng_state
+        self.rng_ranks = du.all_gather_object(rng_state()) if self.world > 1 else None
 
     def save(self, name="checkpoint.pt"):
         from utils.checkpoint import save_checkpoint
@@ -298,10 +307,14 @@ class Run:
         self.partial, self.checked_step = state.get("partial"), self.step
         self.last_record = state.get("last_record")
         if self.partial is not None:
-            if self.main:
+            ranks = state.get("rng_ranks")
+            if ranks is not None and len(ranks) == self.world:
+                set_rng_state(ranks[self.rank])
+            elif self.main:
                 set_rng_state(state["rng"])
-            else:  # only rank 0's RNG was saved, and the saved sums are everyone's: count them once
+            else:  # an older checkpoint or another world size: only rank 0's RNG can be restored
                 seed_everything(epoch_seed(self.args.seed, self.epoch, self.rank) + self.partial["batches"])
+            if not self.main:  # the saved sums are every process's: count them once
                 self.partial = dict(self.partial, sums={key: 0.0 for key in self.partial["sums"]})
         fit_schedule(self)
 
@@ -620,6 +633,8 @@ def train_loop(run):
             status = "max_steps"
             break
     if status != "finished":
+        if run.partial is not None:
+            run.gather_rng()
         run.save()
         if run.main:
             where = f"during epoch {run.epoch + 1}" if run.partial is not None else f"after epoch {run.epoch}"

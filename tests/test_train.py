@@ -193,6 +193,20 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path):
             assert mine[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-6), key
 
 
+def test_ddp_mid_epoch_resume_continues_every_process_rng(tmp_path):
+    """With augmentation, a 2-process run stopped after one step and resumed ends with the weights of an
+    uninterrupted 2-process run: each process's RNG (its augmentation draws) is saved and restored."""
+    net = [a for a in DDP_NET if a != "--noaug"]
+    stopped, whole = str(tmp_path / "stopped"), str(tmp_path / "whole")
+    _spawn(_ddp_worker, 2, _free_port(), [*TINY, *net, "--bs", "8", "--max-steps", "1", "--out", stopped])
+    assert len(load_checkpoint(os.path.join(stopped, "checkpoint.pt"))["rng_ranks"]) == 2
+    _spawn(_ddp_worker, 2, _free_port(), [*TINY, *net, "--bs", "8", "--out", stopped, "--resume"])
+    _spawn(_ddp_worker, 2, _free_port(), [*TINY, *net, "--bs", "8", "--out", whole])
+    a = load_checkpoint(os.path.join(stopped, "checkpoint.pt"))["model"]
+    b = load_checkpoint(os.path.join(whole, "checkpoint.pt"))["model"]
+    assert max((a[key] - b[key]).abs().max().item() for key in a) < 1e-6
+
+
 def test_done_when_command_on_fake_cifar100(tmp_path):
     data = fake_data.make_cifar100(tmp_path / "D", n_train=80, n_test=10)
     results = train.main(train.parse_args(["--dataset", "cifar100", "--net", "Swin", "--k", "8", "--m", "10",

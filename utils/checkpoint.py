@@ -7,7 +7,8 @@ A checkpoint is a dict saved with torch.save (written atomically) with two keys 
   dimhead, loss, k, m, data_dir, ...);
 and, by kind, the state: 'model' (state dict, unwrapped from DDP), 'optimizer', 'scheduler', 'scaler', 'epoch'
 (epochs completed), 'step', 'best_acc', 'best_epoch', 'rng' (see rng_state), 'last_record' (the epoch's
-metrics line), 'partial' (None, or the progress inside an interrupted epoch), or several named state dicts (a
+metrics line), 'partial' (None, or the progress inside an interrupted epoch), 'rng_ranks' (under DDP, after a
+mid-epoch stop: every process's RNG state, so each continues its own augmentation stream), or several named state dicts (a
 GAN's 'G' and 'D'). train.py writes <out>/checkpoint.pt every epoch, then <out>/best.pt whenever validation
 accuracy improves, then the metrics line.
 

@@ -42,6 +42,15 @@ def all_reduce_sum(values, device):
     return t.tolist()
 
 
+def all_gather_object(obj):
+    """[obj of rank 0, obj of rank 1, ...] (every process must call it); [obj] in a single process."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier():
     if dist.is_initialized():
         dist.barrier()
