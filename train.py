@@ -140,9 +140,12 @@ def mix_batch(args, inputs, targets, num_classes):
     return inputs, soft
 
 
-def make_optimizer(name, params, lr):
+def make_optimizer(name, params, lr, fused=False):
+    """fused=True (used with fp16's GradScaler): the optimizer reads GradScaler's found_inf on the device and
+    skips the update there, so GradScaler.step does not read it on the host (one sync per step otherwise)."""
     import torch
-    return {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name](params, lr=lr)
+    cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[name]
+    return cls(params, lr=lr, **({"fused": True} if fused else {}))
 
 
 def defining_keys(config):
@@ -244,9 +247,9 @@ class Run:
         self.model = self.net if self.world == 1 else DistributedDataParallel(
             self.net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward = torch.compile(self.model) if args.compile else self.model
-        self.optimizer = make_optimizer(args.opt, self.net.parameters(), args.lr)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, args.n_epochs)
         self.dtype = amp_dtype(args, self.device)
+        self.optimizer = make_optimizer(args.opt, self.net.parameters(), args.lr, fused=self.dtype == torch.float16)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, args.n_epochs)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.sampler = du.ResumableSampler(self.train_set, self.world, self.rank, seed=args.seed)
         self.sync_every = args.sync_every or (50 if self.device.type == "cuda" else 1)

@@ -47,9 +47,10 @@ def test_linear_cross_loss_on_cuda(dtype):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_amp_training_steps_reduce_loss(dtype):
     import models
+    import train
     torch.manual_seed(0)
     net = models.build_model("res18_mini", 10, 32).to(CUDA)
-    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    opt = train.make_optimizer("adam", net.parameters(), 1e-3, fused=dtype == torch.float16)  # as train.py builds it
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     x, y = torch.randn(64, 3, 32, 32, device=CUDA), torch.randint(0, 10, (64,), device=CUDA)
     loss_fn, first = losses.get_loss("root", k=8.0, m=8.0), None

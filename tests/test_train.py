@@ -385,6 +385,27 @@ def test_no_host_sync_or_all_reduce_per_step(tmp_path, monkeypatch):
     assert counts["all_reduce"] == 20 // 5 + 1 and counts["host"] == 20 // 5 + 1
 
 
+@pytest.mark.parametrize("opt", ["adam", "adamw", "sgd"])
+def test_fp16_grad_scaler_step_reads_nothing_on_the_host(opt, monkeypatch):
+    """fp16 runs build a fused optimizer: GradScaler.step hands it found_inf on the device instead of reading
+    it with .item() every step (the unfused optimizer does read it: the count is checked both ways)."""
+    def host_reads(fused):
+        model = torch.nn.Linear(4, 2)
+        optimizer = train.make_optimizer(opt, model.parameters(), 1e-3, fused=fused)
+        scaler = torch.amp.GradScaler("cpu")
+        reads = []
+        real = torch.Tensor.item
+        monkeypatch.setattr(torch.Tensor, "item", lambda self: reads.append(1) or real(self))
+        for _ in range(3):
+            optimizer.zero_grad()
+            scaler.scale(model(torch.randn(8, 4)).pow(2).mean()).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        monkeypatch.setattr(torch.Tensor, "item", real)
+        return len(reads)
+    assert host_reads(fused=False) >= 3 and host_reads(fused=True) == 0
+
+
 def test_compile_and_channels_last_on_cpu(tmp_path, monkeypatch):
     plain, _ = run(tmp_path, "plain", "--n_epochs", "1")
     fast, out = run(tmp_path, "fast", "--n_epochs", "1", "--channels-last")
