@@ -33,7 +33,7 @@ train_one() {  # dataset net column seed
   if [[ -f "$out/results.json" ]] && grep -q '"status": "finished"' "$out/results.json"; then return; fi
   local resume=(); [[ -f "$out/checkpoint.pt" ]] && resume=(--resume)
   # shellcheck disable=SC2046
-  torchrun --standalone --nproc_per_node "$NPROC" train.py --dataset "$1" --data-dir "$DATA" --net "$2" \
+  python -m utils.launch --standalone --nproc_per_node "$NPROC" train.py --dataset "$1" --data-dir "$DATA" --net "$2" \
     $(loss_flags "$3") --n_epochs "$(epochs_for "$2")" --bs 512 --lr 1e-4 --opt adamw --seed "$4" \
     --out "$out" "${resume[@]}" "${EXTRA[@]}"
 }
