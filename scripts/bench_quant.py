@@ -84,7 +84,7 @@ def flat_rows(rows, exact):
     """One flat row per (layer, bits, method) with its median seconds, plus the codes check per (layer, bits)."""
     out = []
     for (m, d, bits), (med, differ) in rows.items():
-        layer = {"shape": f"{m}x{d}", "rows": m, "cols": d, "bits": bits}
+        layer = {"shape": f"{m}x{d}", "out_features": m, "in_features": d, "bits": bits}
         out += [dict(layer, method=name, seconds=med[name]) for name in METHODS]
         out.append(dict(layer, method="unblocked / blocked", ratio=med[UNBLOCKED] / med["LDLQ blocked (128)"],
                         codes_differing=differ, codes=m * d, identical_float64=exact[(m, d)]))
@@ -100,7 +100,7 @@ def table(flat):
         same = [r for r in flat if r["shape"] == check["shape"] and r["bits"] == check["bits"]]
         seconds = {r["method"]: r["seconds"] for r in same if "seconds" in r}
         differ, codes = check["codes_differing"], check["codes"]
-        out.append(f"| {check['rows']} x {check['cols']} | {check['bits']} | "
+        out.append(f"| {check['out_features']} x {check['in_features']} | {check['bits']} | "
                    + " | ".join(f"{seconds[n]:.3f}" for n in names)
                    + f" | {check['ratio']:.1f}x | {differ} of {codes} ({differ / codes:.1e}) |")
     return out
