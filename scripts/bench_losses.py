@@ -6,7 +6,7 @@ column at the largest size. Peak memory is measured in a fresh subprocess per ca
 resident set size (VmHWM, reset once the inputs exist), so it counts everything the loss and its backward
 allocate (including the gradient of the logits).
 
-    python -m scripts.bench_losses                     # writes results/bench_losses.md
+    python -m scripts.bench_losses                     # writes results/bench_losses.md and .json
     python -m scripts.bench_losses --quick             # small sizes only, for a smoke run
 """
 import argparse
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import losses
 from utils.memory import peak_rss, reset_peak_rss  # noqa: F401  (peak_rss: read by the subprocess)
-from utils.runio import atomic_write_text
+from utils import report
 
 SIZES = [(256, 10), (4096, 1000), (4096, 50272)]
 LINEAR = (4096, 768, 50272)  # tokens, hidden, vocab
@@ -150,11 +150,16 @@ def loss_steps(n, c, cases):
     return {case: step_of(case) for case in cases}, finite
 
 
-def fmt_mb(b):
-    return f"{b / 2**20:,.0f}"
+def mib(b):
+    return None if b is None else b / 2**20
+
+
+def fmt_mib(x):
+    return "-" if x is None else f"{x:,.0f}"
 
 
 def bench_losses(sizes, repeats, chosen=None, memory=True):
+    """One flat row per (size, case): seconds, ratio to F.cross_entropy, peak MiB and its ratio."""
     rows = []
     for n, c in sizes:
         cases = cases_for(n, c, chosen)
@@ -164,15 +169,16 @@ def bench_losses(sizes, repeats, chosen=None, memory=True):
         print({case: timed[case] for case in cases}, flush=True)
         mems = {case: peak_in_subprocess("run_loss", case, (n, c)) if memory else None for case in cases}
         for case in cases:
-            t, ratio = timed[case]
             m, ref_m = mems[case], mems["F.cross_entropy"]
-            rows.append((f"{n} x {c}", case, t * 1e3, ratio, "-" if m is None else fmt_mb(m),
-                         None if m is None else m / max(ref_m, 1), finite[case]))
+            rows.append({"section": "loss", "shape": f"{n}x{c}", "n": n, "classes": c, "loss": case, "seconds": timed[case][0],
+                         "ratio": timed[case][1], "peak_mib": mib(m),
+                         "mem_ratio": None if m is None else m / max(ref_m, 1), "grad_finite": finite[case]})
             print(rows[-1], flush=True)
     return rows
 
 
 def bench_linear(dims, repeats):
+    """Two rows (unfused, chunked) for the linear + root loss section."""
     n, h, v = dims
     hidden, weight, t = linear_inputs(n, h, v)
 
@@ -184,12 +190,13 @@ def bench_linear(dims, repeats):
     timed = interleaved_times({"unfused": step_of("unfused"), "chunked": step_of("chunked")}, repeats)
     del hidden, weight
     mems = {case: peak_in_subprocess("run_linear", case, dims) for case in ("unfused", "chunked")}
-    return [("unfused: root_loss(hidden @ W.T)", timed["unfused"][0] * 1e3, 1.0, fmt_mb(mems["unfused"]), 1.0),
-            ("chunked: linear_cross_loss", timed["chunked"][0] * 1e3, timed["chunked"][1],
-             fmt_mb(mems["chunked"]), mems["chunked"] / mems["unfused"])]
+    paths = {"unfused": "unfused: root_loss(hidden @ W.T)", "chunked": "chunked: linear_cross_loss"}
+    return [{"section": "linear", "method": paths[case], "loss": "root", "tokens": n, "hidden": h, "vocab": v,
+             "seconds": timed[case][0], "ratio": timed[case][1], "peak_mib": mib(mems[case]),
+             "mem_ratio": mems[case] / mems["unfused"]} for case in ("unfused", "chunked")]
 
 
-def write_report(path, rows, linear_rows, dims, repeats, command):
+def report_lines(rows, linear_rows, dims, repeats, command):
     lines = ["# Loss benchmark: forward + backward on this CPU", "",
              f"Command: `{command}`", "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -203,18 +210,18 @@ def write_report(path, rows, linear_rows, dims, repeats, command):
              "| size (N x C) | loss | time (ms) | time / F.cross_entropy | peak memory (MiB) | "
              "memory / F.cross_entropy | gradient finite |",
              "|---|---|---|---|---|---|---|"]
-    for size, case, t, rt, m, rm, fin in rows:
-        lines.append(f"| {size} | {case} | {t:,.1f} | {rt:.2f} | {m} | {'-' if rm is None else f'{rm:.2f}'} "
-                     f"| {fin} |")
-    if not linear_rows:
-        atomic_write_text(path, "\n".join(lines) + "\n")
-        return
-    n, h, v = dims
-    lines += ["", f"## Chunked linear + loss (root, k=3, m=3): N={n}, H={h}, V={v}, float32", "",
-              "| path | time (ms) | time ratio | peak memory (MiB) | memory ratio |", "|---|---|---|---|---|"]
-    for case, t, rt, m, rm in linear_rows:
-        lines.append(f"| {case} | {t:,.1f} | {rt:.2f} | {m} | {rm:.2f} |")
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    for r in rows:
+        mem_ratio = "-" if r["mem_ratio"] is None else f"{r['mem_ratio']:.2f}"
+        lines.append(f"| {r['n']} x {r['classes']} | {r['loss']} | {r['seconds'] * 1e3:,.1f} | {r['ratio']:.2f} "
+                     f"| {fmt_mib(r['peak_mib'])} | {mem_ratio} | {r['grad_finite']} |")
+    if linear_rows:
+        n, h, v = dims
+        lines += ["", f"## Chunked linear + loss (root, k=3, m=3): N={n}, H={h}, V={v}, float32", "",
+                  "| path | time (ms) | time ratio | peak memory (MiB) | memory ratio |", "|---|---|---|---|---|"]
+        for r in linear_rows:
+            lines.append(f"| {r['method']} | {r['seconds'] * 1e3:,.1f} | {r['ratio']:.2f} | {fmt_mib(r['peak_mib'])} "
+                         f"| {r['mem_ratio']:.2f} |")
+    return lines + ["", report.load_note()]
 
 
 def _size(text):
@@ -251,8 +258,9 @@ def main(args):
     linear_rows = [] if args.no_linear else bench_linear(dims, args.repeats)
     print(linear_rows, flush=True)
     command = " ".join(["python -m scripts.bench_losses", *map(shlex.quote, args.argv)])
-    write_report(args.out, rows, linear_rows, dims, args.repeats, command)
-    print(f"wrote {args.out}")
+    lines = report_lines(rows, linear_rows, dims, args.repeats, command)
+    report.write_report(args.out, lines, rows + linear_rows)
+    print(f"wrote {args.out} and its .json")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ quantization run is needed. "dense fp32" keeps nn.Linear weights. Each case runs
 reports the bytes of the model's tensors (parameters + buffers) and the rise of the peak resident set size
 (VmHWM, reset after the model exists) during forward + backward + AdamW step on --bs x --block tokens.
 
-    python -m scripts.bench_qlora_memory            # writes results/bench_qlora_memory.md
+    python -m scripts.bench_qlora_memory            # writes results/bench_qlora_memory.md and .json
 """
 import json
 import os
@@ -21,9 +21,10 @@ import utils.tv_compat  # noqa: F401  (transformers and peft import torchvision)
 
 import torch
 
+from utils import report
 from utils.cli import ArgumentParser, run_cli
 from utils.memory import peak_rss, reset_peak_rss
-from utils.runio import REPO, atomic_write_text
+from utils.runio import REPO
 
 CASES = ("dense fp32", "codes-only 2-bit", "codes-only 4-bit")
 
@@ -90,21 +91,37 @@ def run_case(case, layers, vocab, bs, block):
             "seconds": time.perf_counter() - start}
 
 
-def report(args, found):
+def flat_row(found, args):
+    bits = 0 if found["case"] == "dense fp32" else int(found["case"].split()[1][0])
+    return {"method": found["case"], "bits": bits, "layers": args.layers, "vocab": args.vocab, "bs": args.bs,
+            "block": args.block, "tensor_mib": found["tensor_mb"], "step_peak_mib": found["step_peak_mb"],
+            "sum_mib": found["tensor_mb"] + found["step_peak_mb"], "seconds": found["seconds"]}
+
+
+def report_lines(args, rows):
     lines = ["# Peak memory of a LoRA training step: codes-only quantized base vs dense fp32 base", "",
              f"OPT with opt-125m's layer geometry, {args.layers} decoder layers, vocabulary {args.vocab}, LoRA r 8 on "
              f"every decoder linear, one step of {args.bs} x {args.block} tokens (forward, backward, AdamW), "
              f"float32, CPU ({platform.machine()}, torch {torch.__version__}), one fresh process per case.", "",
-             "| base | model tensors (MB) | step peak rise (MB) | sum (MB) | step seconds |", "|---|---|---|---|---|"]
-    for r in found:
-        lines.append(f"| {r['case']} | {r['tensor_mb']:.1f} | {r['step_peak_mb']:.1f} | "
-                     f"{r['tensor_mb'] + r['step_peak_mb']:.1f} | {r['seconds']:.2f} |")
+             "| base | model tensors (MiB) | step peak rise (MiB) | sum (MiB) | step seconds |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['tensor_mib']:.1f} | {r['step_peak_mib']:.1f} | {r['sum_mib']:.1f} | "
+                     f"{r['seconds']:.2f} |")
     lines += ["", "Codes are stored one per byte (uint8, not bit-packed), so 2- and 4-bit bases take the same memory;",
               "the embeddings, LM head and layer norms stay dense fp32 in every case. Step seconds were measured on",
-              "a shared, oversubscribed CPU and are only indicative.", "",
+              "a shared CPU and are only indicative.", "", report.load_note(), "",
               f"Command: `python -m scripts.bench_qlora_memory --layers {args.layers} --vocab {args.vocab} "
               f"--bs {args.bs} --block {args.block}`"]
-    atomic_write_text(args.out, "\n".join(lines) + "\n")
+    return lines
+
+
+def in_subprocess(case, args):
+    """run_case in a fresh interpreter (one thread), so each case's peak RSS is its own."""
+    cmd = [sys.executable, "-m", "scripts.bench_qlora_memory", "--case", case, "--layers", str(args.layers),
+           "--vocab", str(args.vocab), "--bs", str(args.bs), "--block", str(args.block)]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(args):
@@ -112,16 +129,12 @@ def main(args):
         torch.set_num_threads(1)
         print(json.dumps(run_case(args.case, args.layers, args.vocab, args.bs, args.block)))
         return None
-    found = []
+    rows = []
     for case in CASES:
-        cmd = [sys.executable, "-m", "scripts.bench_qlora_memory", "--case", case, "--layers", str(args.layers),
-               "--vocab", str(args.vocab), "--bs", str(args.bs), "--block", str(args.block)]
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True,
-                             env=dict(os.environ, OMP_NUM_THREADS="1"))
-        found.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(found[-1])
-    report(args, found)
-    return found
+        rows.append(flat_row(in_subprocess(case, args), args))
+        print(rows[-1], flush=True)
+    report.write_report(args.out, report_lines(args, rows), rows)
+    return rows
 
 
 if __name__ == "__main__":

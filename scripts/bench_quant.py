@@ -1,5 +1,5 @@
 """Benchmark the rounding loops on this CPU: blocked LDLQ vs unblocked LDLQ vs GPTQ, on OPT-125m-sized
-layers (768x768, 3072x768, 768x3072) at 2, 3 and 4 bits; writes results/bench_quant.md.
+layers (768x768, 3072x768, 768x3072) at 2, 3 and 4 bits; writes results/bench_quant.md and .json.
 
 Each timing covers the whole call (the LDL / Cholesky factorisation included), on a random weight and a
 correlated H; the LDLQ rows round W clipped to the grid first, as `--quant ldlq` does. The unblocked
@@ -10,16 +10,18 @@ is reported, because the machine may be shared. Blocked and unblocked codes are 
     python -m scripts.bench_quant --quick         # one small shape, for a smoke run
 """
 import platform
-import sys
+import shlex
 import statistics
+import sys
 import time
 
 import torch
 
 from quant import rounding
 from quant.quantizers import QUANTIZERS
+from utils import report
 from utils.cli import ArgumentParser
-from utils.runio import atomic_write_text, git_commit, set_threads
+from utils.runio import git_commit, set_threads
 
 SHAPES = [(768, 768), (3072, 768), (768, 3072)]
 METHODS = {
@@ -41,7 +43,9 @@ def parse_args(argv=None):
                    help="comma-separated layer shapes ROWSxCOLS")
     p.add_argument("--quick", action="store_true", help="one 256x256 layer, one repeat")
     p.add_argument("--out", type=str, default="results/bench_quant.md", help="markdown output")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the report's command line
+    return args
 
 
 def problem(m, d, bits, seed=0):
@@ -76,16 +80,48 @@ def identical_in_float64(m, d, bits=2):
     return torch.equal(rounding.ldlq_core(W, H, q, blocksize=128), rounding.ldlq_core(W, H, q, blocksize=None))
 
 
-def table(rows, args):
+def flat_rows(rows, exact):
+    """One flat row per (layer, bits, method) with its median seconds, plus the codes check per (layer, bits)."""
+    out = []
+    for (m, d, bits), (med, differ) in rows.items():
+        layer = {"shape": f"{m}x{d}", "out_features": m, "in_features": d, "bits": bits}
+        out += [dict(layer, method=name, seconds=med[name]) for name in METHODS]
+        out.append(dict(layer, method="unblocked / blocked", ratio=med[UNBLOCKED] / med["LDLQ blocked (128)"],
+                        codes_differing=differ, codes=m * d, identical_float64=exact[(m, d)]))
+    return out
+
+
+def table(flat):
     names = list(METHODS)
     out = ["| layer (rows x cols) | bits | " + " | ".join(f"{n} (s)" for n in names)
            + " | unblocked / blocked | codes differing, blocked vs unblocked (float32) |",
            "|---|---|" + "---|" * (len(names) + 2)]
-    for (m, d, bits), (med, differ) in rows.items():
-        ratio = med[UNBLOCKED] / med["LDLQ blocked (128)"]
-        out.append(f"| {m} x {d} | {bits} | " + " | ".join(f"{med[n]:.3f}" for n in names)
-                   + f" | {ratio:.1f}x | {differ} of {m * d} ({differ / (m * d):.1e}) |")
-    return "\n".join(out)
+    for check in (r for r in flat if r["method"] == "unblocked / blocked"):
+        same = [r for r in flat if r["shape"] == check["shape"] and r["bits"] == check["bits"]]
+        seconds = {r["method"]: r["seconds"] for r in same if "seconds" in r}
+        differ, codes = check["codes_differing"], check["codes"]
+        out.append(f"| {check['out_features']} x {check['in_features']} | {check['bits']} | "
+                   + " | ".join(f"{seconds[n]:.3f}" for n in names)
+                   + f" | {check['ratio']:.1f}x | {differ} of {codes} ({differ / codes:.1e}) |")
+    return out
+
+
+def report_lines(flat, exact, args, repeats):
+    command = " ".join(["python -m scripts.bench_quant", *map(shlex.quote, args.argv)])
+    header = ["# Rounding speed: blocked LDLQ vs unblocked LDLQ vs GPTQ", "",
+              f"`{command}` (commit {git_commit()}), {platform.processor() or platform.machine()}, "
+              f"torch {torch.__version__}, {args.threads} thread(s), float32 loops, float64 factorisation, "
+              "quantizer 'b', W clipped to the grid as `--quant ldlq` rounds it. "
+              f"Median of {repeats} interleaved runs per cell; the machine was shared with "
+              "other jobs while this ran, so absolute times are noisy, ratios less so.", ""]
+    note = ["", "In float32 the blocked loop sums the feedback in a different order than the unblocked one, "
+            "so a weight whose target lands within float32 rounding of a half-integer can round the other "
+            "way (and that row's later columns then see a different feedback): the last column counts "
+            "such codes. With float64 loops the codes are identical: "
+            + ", ".join(f"{m} x {d}: {'identical' if ok else 'DIFFERENT'}" for (m, d), ok in exact.items())
+            + " (2 bits; also tests/test_quant_rounding.py::test_blocked_ldlq_equals_unblocked).", "",
+            report.load_note()]
+    return header + table(flat) + note
 
 
 def main(args):
@@ -99,21 +135,9 @@ def main(args):
             rows[(m, d, bits)] = time_case(m, d, bits, repeats)
             print(f"{m}x{d} {bits}-bit:", {k: round(v, 3) for k, v in rows[(m, d, bits)][0].items()},
                   flush=True)
-    header = (f"# Rounding speed: blocked LDLQ vs unblocked LDLQ vs GPTQ\n\n"
-              f"`python -m scripts.bench_quant {' '.join(sys.argv[1:])}` "
-              f"(commit {git_commit()}), {platform.processor() or platform.machine()}, "
-              f"torch {torch.__version__}, {args.threads} thread(s), float32 loops, float64 factorisation, "
-              "quantizer 'b', W clipped to the grid as `--quant ldlq` rounds it. "
-              f"Median of {repeats} interleaved runs per cell; the machine was shared with "
-              f"other jobs while this ran, so absolute times are noisy, ratios less so.\n\n")
-    note = ("\n\nIn float32 the blocked loop sums the feedback in a different order than the unblocked one, "
-            "so a weight whose target lands within float32 rounding of a half-integer can round the other "
-            "way (and that row's later columns then see a different feedback): the last column counts "
-            "such codes. With float64 loops the codes are identical: "
-            + ", ".join(f"{m} x {d}: {'identical' if ok else 'DIFFERENT'}" for (m, d), ok in exact.items())
-            + " (2 bits; also tests/test_quant_rounding.py::test_blocked_ldlq_equals_unblocked).\n")
-    atomic_write_text(args.out, header + table(rows, args) + note)
-    return rows
+    flat = flat_rows(rows, exact)
+    report.write_report(args.out, report_lines(flat, exact, args, repeats), flat)
+    return flat
 
 
 if __name__ == "__main__":

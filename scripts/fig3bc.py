@@ -3,7 +3,8 @@
 Reads the run directories that scripts/fig3bc.sh (or scripts/fig3bc_gpu.sh) wrote, <runs>/d<density>_s<seed>/
 <arm>/results.json, and writes results/fig3bc.md, results/fig3bc.json and results/fig3bc.png. Every RLO arm is
 compared with CE on the same mask, init and data order (paired by seed): final test accuracy (claimed higher)
-and the fine-tuning seconds to reach the accuracy both arms reach (claimed lower). Run: python -m scripts.fig3bc
+and the fine-tuning seconds to reach the accuracy both arms reach (claimed lower). Run: python -m scripts.fig3bc --notes scripts/notes/fig3bc.md (the CPU grid's notes; the
+notes are an input of this builder, not a report)
 """
 import glob
 import os
@@ -13,7 +14,7 @@ from utils.cli import ArgumentParser, run_cli
 
 CLAIMS = (("acc", "greater", "final test accuracy (%)"),
           ("time_to_common_s", "less", "fine-tuning seconds to the accuracy both arms reach"))
-DEFAULT_COMMAND = "OMP_NUM_THREADS=1 bash scripts/fig3bc.sh && python -m scripts.fig3bc"
+DEFAULT_COMMAND = "OMP_NUM_THREADS=1 bash scripts/fig3bc.sh && python -m scripts.fig3bc --notes scripts/notes/fig3bc.md"
 
 
 def parse_args(argv=None):

@@ -9,7 +9,7 @@
 # environment variable (SEEDS, DENSITIES, SUBSET, TEST_SUBSET, SIZE, BS, MINE_EPOCHS, ITER_PERIOD, FT_EPOCHS,
 # FT_LR, THREADS, EXTRA, RUNS); scripts/fig3bc_gpu.sh sets the full-scale reference schedule. All runs share
 # one Python process (importing torch and the model registry costs ~20 s a process on a busy machine).
-# Then: python -m scripts.fig3bc   (writes results/fig3bc.md/.json/.png)
+# Then: python -m scripts.fig3bc --notes scripts/notes/fig3bc.md   (writes results/fig3bc.md/.json/.png)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs/fig3bc}

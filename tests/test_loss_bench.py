@@ -1,4 +1,6 @@
 """scripts/bench_losses.py on a tiny size: interleaved timing, the case list and the report."""
+import json
+
 from scripts import bench_losses as B
 
 
@@ -25,3 +27,9 @@ def test_main_writes_a_report(tmp_path):
     text = out.read_text()
     assert "| 16 x 3 | F.cross_entropy |" in text and "| 16 x 3 | root |" in text
     assert "--sizes 16x3" in text
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [(r["shape"], r["loss"]) for r in rows] == [("16x3", "F.cross_entropy"), ("16x3", "root")]
+    for r in rows:  # each row is its table line
+        assert (f"| 16 x 3 | {r['loss']} | {r['seconds'] * 1e3:,.1f} | {r['ratio']:.2f} | {r['peak_mib']:,.0f} "
+                f"| {r['mem_ratio']:.2f} | {r['grad_finite']} |") in text
+    assert rows[0]["ratio"] == 1.0 and rows[0]["mem_ratio"] == 1.0

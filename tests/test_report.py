@@ -84,6 +84,15 @@ def test_write_report_schema(tmp_path):
         report.write_report("bad", [], [], [], [dict(v, verdict="supported at this scale")], out_dir=str(tmp_path))
 
 
+def test_write_report_to_an_md_path_writes_its_json_sibling(tmp_path):
+    md = tmp_path / "sub" / "bench_x.md"
+    path = report.write_report(str(md), ["# bench", "| a |"], [{"shape": "2x3", "seconds": 0.5}])
+    assert path == str(md) and md.read_text() == "# bench\n| a |\n"
+    data = json.loads((tmp_path / "sub" / "bench_x.json").read_text())
+    assert data == {"rows": [{"shape": "2x3", "seconds": 0.5}], "paper": [], "verdicts": []}
+    assert not (tmp_path / "bench_x.md").exists()
+
+
 def test_save_figure_atomic(tmp_path):
     import matplotlib
     matplotlib.use("Agg")

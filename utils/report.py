@@ -218,6 +218,13 @@ def save_figure(fig, path):
     return path
 
 
+def load_note():
+    """A sentence with this machine's load average, for benchmarks measured on a shared CPU."""
+    one, five, _ = os.getloadavg()
+    return (f"Load average when the report was written: {one:.1f} (1 min), {five:.1f} (5 min) on "
+            f"{os.cpu_count()} cores; times measured under load are inflated and only their ratios compare.")
+
+
 def paper_numbers(table):
     """The paper's published numbers for one table/figure: rows from results/paper/<table>.json."""
     path = os.path.join(PAPER_DIR, f"{table}.json")
@@ -225,16 +232,25 @@ def paper_numbers(table):
         return json.load(f)["rows"]
 
 
-def write_report(name, lines, rows, paper=(), verdicts=(), out_dir=None):
-    """results/<name>.md (the markdown lines) and results/<name>.json ({"rows", "paper", "verdicts"})."""
+def report_paths(name, out_dir=None):
+    """(markdown path, JSON path) of a report: results/<name>.md, or NAME itself when it is a .md path."""
+    if name.endswith(".md"):
+        return name, name[:-len(".md")] + ".json"
     out_dir = out_dir or RESULTS
+    return os.path.join(out_dir, f"{name}.md"), os.path.join(out_dir, f"{name}.json")
+
+
+def write_report(name, lines, rows, paper=(), verdicts=(), out_dir=None):
+    """results/<name>.md (the markdown lines) and results/<name>.json ({"rows", "paper", "verdicts"}).
+
+    NAME may also be a path ending in .md (a benchmark's --out): the JSON sibling then takes its stem."""
     for v in verdicts:
         if v["verdict"] not in VERDICTS:
             raise ValueError(f"verdict {v['verdict']!r} is not one of {VERDICTS}")
-    atomic_write_json(os.path.join(out_dir, f"{name}.json"),
-                      {"rows": list(rows), "paper": list(paper), "verdicts": list(verdicts)})
-    atomic_write_text(os.path.join(out_dir, f"{name}.md"), "\n".join(lines).rstrip() + "\n")
-    return os.path.join(out_dir, f"{name}.md")
+    md_path, json_path = report_paths(name, out_dir)
+    atomic_write_json(json_path, {"rows": list(rows), "paper": list(paper), "verdicts": list(verdicts)})
+    atomic_write_text(md_path, "\n".join(lines).rstrip() + "\n")
+    return md_path
 
 
 def load_results(paths):
