@@ -25,7 +25,7 @@ import torch
 
 import ft_opt
 from quant import qlinear, saveload
-from quant.families import FAMILIES
+from quant.families import FAMILIES, load_causal_lm
 from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli
 from utils.lm_data import LAYOUTS
 from utils.runio import RunDir, add_run_args, set_threads
@@ -109,7 +109,7 @@ def decoder_linears(model, family):
 def base_model(args):
     """(model, tokenizer, bits, quantization method, LoRA targets), every base parameter frozen."""
     if args.dense_base:
-        model, tokenizer = qlinear._load_hf(args.base)
+        model, tokenizer = load_causal_lm(args.base)
         for p in model.parameters():
             p.requires_grad_(False)
         targets = decoder_linears(model, qlinear.family_of(model, args.family))
