@@ -6,6 +6,7 @@ InfiniteSampler that passes its dataset to Sampler.__init__, reports losses thro
 torch_utils.training_stats) and a click train.py; it is our own code, not upstream's. The real clone
 is exercised by tests/test_stylegan_smoke.py when STYLEGAN2_ADA_CLONE is set.
 """
+import importlib
 import json
 import os
 import subprocess
@@ -140,6 +141,15 @@ def test_user_errors_exit_2_with_one_line(clone, tmp_path, capsys, argv, words):
     assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err
 
 
+def test_several_gpus_are_refused_with_cuda_too(clone, monkeypatch, capsys):
+    """The spawned workers would import train.py from sys.path, without the clone's modules or the patches."""
+    monkeypatch.setattr(runner, "resolve_device", lambda device: "cuda")
+    with pytest.raises(SystemExit) as exit_info:
+        runner.run_cli(runner.main, runner.parse_args([str(clone), "--", "--gpus=2"]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "--gpus=1" in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_requested_without_cuda(clone, capsys):
     with pytest.raises(SystemExit):
@@ -187,3 +197,26 @@ def test_a_missing_upstream_dependency_is_one_line(clone):
     (clone / "generate.py").write_text("import rlo_no_such_module\n")
     proc = run(clone, "--device", "cpu", "--script", "generate.py")
     assert proc.returncode == 2 and "'rlo_no_such_module'" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_clone_imports_finds_the_clones_modules_first_without_touching_sys_path(tmp_path, monkeypatch):
+    clone, elsewhere = tmp_path / "clone", tmp_path / "elsewhere"
+    (clone / "rlo_clone_pkg").mkdir(parents=True)
+    (clone / "rlo_clone_pkg" / "__init__.py").write_text("")
+    (clone / "rlo_clone_pkg" / "sub.py").write_text("WHERE = 'clone'\n")
+    (clone / "rlo_shadowed.py").write_text("WHERE = 'clone'\n")
+    elsewhere.mkdir()
+    (elsewhere / "rlo_shadowed.py").write_text("WHERE = 'elsewhere'\n")
+    monkeypatch.syspath_prepend(str(elsewhere))
+    for name in ("rlo_clone_pkg", "rlo_clone_pkg.sub", "rlo_shadowed"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    path, finders = list(sys.path), list(sys.meta_path)
+    with runner.clone_imports(str(clone)):
+        assert importlib.import_module("rlo_clone_pkg.sub").WHERE == "clone"
+        assert importlib.import_module("rlo_shadowed").WHERE == "clone"  # as sys.path[0] in the clone would
+        assert importlib.import_module("json").__name__ == "json"  # everything else as before
+        assert sys.path == path
+    assert sys.meta_path == finders
+    del sys.modules["rlo_clone_pkg"], sys.modules["rlo_clone_pkg.sub"]
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("rlo_clone_pkg")
