@@ -54,18 +54,18 @@ TRAINING_CHOICES = {"loss": LM_LOSSES, "head": ["chunked", "plain"]}
 def add_training_args(parser, helps=None, **defaults):
     """Add the loss, schedule, batch and LM-head flags (TRAINING_FLAGS) and --gradient-checkpointing.
 
-    defaults and helps, keyed by the flags' dest names, replace the shared default or help text."""
+    defaults and helps, keyed by the flags' dest names, replace the shared default or help text (a help
+    may also be given for gradient_checkpointing, which is off by default everywhere)."""
     helps = helps or {}
-    unknown = (set(defaults) | set(helps)) - set(TRAINING_FLAGS)
+    unknown = (set(defaults) - set(TRAINING_FLAGS)) | (set(helps) - set(TRAINING_FLAGS) - {"gradient_checkpointing"})
     if unknown:  # a typo in a caller would otherwise be silently ignored
         raise ValueError(f"not a training flag: {sorted(unknown)}")
     for name, (kind, default, text) in TRAINING_FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults.get(name, default),
                             choices=TRAINING_CHOICES.get(name), help=helps.get(name, text))
     parser.add_argument("--gradient-checkpointing", action="store_true",
-                        help="transformers' gradient checkpointing (recompute each decoder layer in backward); "
-                             "with the chunked head, the peak memory of a step is about 0.4x plain logits "
-                             "without it")
+                        help=helps.get("gradient_checkpointing", "transformers' gradient checkpointing (recompute "
+                                       "each decoder layer in backward)"))
 
 
 def parse_args(argv=None):
@@ -83,7 +83,11 @@ def parse_args(argv=None):
                                 "warmup_steps": "linear warmup steps (authors' code: 500)",
                                 "head": "LM head + loss: chunked (no full logits) or plain logits (reference)",
                                 "chunk_size": "tokens per LM-head chunk (chunked head); small chunks keep peak "
-                                              "memory low"})
+                                              "memory low",
+                                "gradient_checkpointing": "transformers' gradient checkpointing (recompute each "
+                                                          "decoder layer in backward); with the chunked head, the "
+                                                          "peak memory of a step is about 0.4x plain logits without "
+                                                          "it"})
     p.add_argument("--fp16", action="store_true", help="fp16 mixed precision (CUDA)")
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (CUDA)")
     p.add_argument("--eval-only", action="store_true", help="evaluate --model without training")

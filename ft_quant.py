@@ -55,7 +55,9 @@ def parse_args(argv=None):
     for split in ("train", "validation", "test"):
         p.add_argument(f"--{split}-file", type=str, default=None, help=f"local {split} text (.txt or .jsonl)")
     ft_opt.add_training_args(p, lr=1e-3, warmup_steps=0, weight_decay=0.0,
-                             helps={"seed": "seed of the adapter init, data order and dropout"})
+                             helps={"seed": "seed of the adapter init, data order and dropout",
+                                    "gradient_checkpointing": "transformers' gradient checkpointing (recompute "
+                                    "each decoder layer in backward, the codes dequantized again)"})
     p.add_argument("--eval-only", action="store_true", help="evaluate without training")
     p.add_argument("--eval-test", action="store_true", help="also evaluate the test split")
     p.add_argument("--skip-validation", action="store_true",
