@@ -19,10 +19,7 @@ ticks), --grid-rows R keeps R rows of the snapshot image grids (whose default 32
 minutes on a CPU), and --trace FILE writes every loss and logit report (Loss/G/loss, Loss/D/loss,
 Loss/scores/fake, Loss/scores/real) of the loss module as JSON lines, element by element.
 """
-import contextlib
 import importlib
-import importlib.abc
-import importlib.machinery
 import importlib.util
 import json
 import os
@@ -161,8 +158,8 @@ def check_clone(clone, script):
 
 
 def gpus_requested(script_args):
-    """train.py's --gpus value (1 when absent); its worker processes would get neither these patches nor the
-    clone's modules (torch.multiprocessing.spawn re-imports train.py from sys.path)."""
+    """train.py's --gpus value (1 when absent); the processes it spawns for more would not get these patches
+    (and would import this project's train.py, first on their path, for upstream's)."""
     for i, arg in enumerate(script_args):
         m = re.match(r"^--gpus(?:=(.*))?$", arg)
         if m:
@@ -206,34 +203,26 @@ def load_script(path):
     return module
 
 
-class CloneFinder(importlib.abc.MetaPathFinder):
-    """Finds top-level modules and packages (dnnlib, torch_utils, training, metrics, legacy, ...) in the clone
-    first, as `python train.py` inside the clone would; their submodules follow the packages' own __path__."""
-
-    def __init__(self, clone):
-        self.clone = clone
-
-    def find_spec(self, name, path=None, target=None):
-        if path is not None:  # a submodule: found through its package, which already lives in the clone
-            return None
-        return importlib.machinery.PathFinder.find_spec(name, [self.clone])
+def on_path(clone):
+    """Whether the clone's top-level packages (dnnlib, torch_utils, training, ...) import by name here."""
+    return any(os.path.realpath(entry or os.curdir) == os.path.realpath(clone) for entry in sys.path)
 
 
-@contextlib.contextmanager
-def clone_imports(clone):
-    """The clone's modules importable by name while the script runs (upstream also imports some lazily, and
-    unpickles networks by module name), without touching sys.path."""
-    finder = CloneFinder(clone)
-    where = next((i for i, f in enumerate(sys.meta_path) if f is importlib.machinery.PathFinder), len(sys.meta_path))
-    sys.meta_path.insert(where, finder)  # after the built-in and frozen importers: where sys.path[0] would act
-    try:
-        yield finder
-    finally:
-        sys.meta_path.remove(finder)
+def reexec_with_clone_on_path(clone, argv):
+    """Run this command again in a new interpreter with the clone on PYTHONPATH, as `python train.py` inside
+    the clone finds its packages; the DataLoader workers upstream spawns inherit it. Does not return."""
+    current = os.environ.get("PYTHONPATH", "")
+    if current.split(os.pathsep)[0] == clone:  # already re-run once: do not loop
+        raise UsageError(f"{clone} is first on PYTHONPATH and still not on sys.path; cannot import its packages")
+    paths = [clone] + ([current] if current else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "stylegan_patch.run", *argv], env)
 
 
 def prepare(clone, script, device, args, trace_stream):
-    """Import the clone's modules (inside clone_imports) and install the patches; returns the script's module."""
+    """Import the clone's modules (the clone on sys.path) and install the patches; returns the script's module."""
     misc = importlib.import_module("torch_utils.misc")
     allow_sampler_data_source(misc.InfiniteSampler)
     loop = importlib.import_module("training.training_loop")
@@ -264,7 +253,7 @@ def parse_args(argv=None):
     p.add_argument("--grid-rows", type=int, default=None, help="train.py: rows of the snapshot image grids")
     p.add_argument("--trace", type=str, default=None, help="train.py: JSON-lines file of the loss reports")
     args = p.parse_args(ours)
-    args.script_args = script_args
+    args.script_args, args.argv = script_args, argv
     return args
 
 
@@ -276,14 +265,15 @@ def main(args):
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     device = resolve_device(args.device)
-    if gpus_requested(args.script_args) > 1:  # the workers would import neither the patches nor the clone
+    if gpus_requested(args.script_args) > 1:  # its workers would import train.py unpatched
         raise UsageError("--gpus > 1 starts processes this runner cannot patch; use --gpus=1 (several GPUs: "
                          "upstream's train.py on its own torch)")
+    if not on_path(clone):
+        reexec_with_clone_on_path(clone, args.argv)
     trace_stream = open(args.trace, "w", encoding="utf-8") if args.trace else None
     try:
-        with clone_imports(clone):
-            module = prepare(clone, args.script, device, args, trace_stream)
-            return run_click_command(module, args.script, args.script_args)
+        module = prepare(clone, args.script, device, args, trace_stream)
+        return run_click_command(module, args.script, args.script_args)
     finally:
         if trace_stream is not None:
             trace_stream.close()

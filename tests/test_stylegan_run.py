@@ -6,7 +6,6 @@ InfiniteSampler that passes its dataset to Sampler.__init__, reports losses thro
 torch_utils.training_stats) and a click train.py; it is our own code, not upstream's. The real clone
 is exercised by tests/test_stylegan_smoke.py when STYLEGAN2_ADA_CLONE is set.
 """
-import importlib
 import json
 import os
 import subprocess
@@ -199,24 +198,27 @@ def test_a_missing_upstream_dependency_is_one_line(clone):
     assert proc.returncode == 2 and "'rlo_no_such_module'" in proc.stderr and proc.stderr.count("\n") == 1
 
 
-def test_clone_imports_finds_the_clones_modules_first_without_touching_sys_path(tmp_path, monkeypatch):
-    clone, elsewhere = tmp_path / "clone", tmp_path / "elsewhere"
-    (clone / "rlo_clone_pkg").mkdir(parents=True)
-    (clone / "rlo_clone_pkg" / "__init__.py").write_text("")
-    (clone / "rlo_clone_pkg" / "sub.py").write_text("WHERE = 'clone'\n")
-    (clone / "rlo_shadowed.py").write_text("WHERE = 'clone'\n")
-    elsewhere.mkdir()
-    (elsewhere / "rlo_shadowed.py").write_text("WHERE = 'elsewhere'\n")
-    monkeypatch.syspath_prepend(str(elsewhere))
-    for name in ("rlo_clone_pkg", "rlo_clone_pkg.sub", "rlo_shadowed"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
-    path, finders = list(sys.path), list(sys.meta_path)
-    with runner.clone_imports(str(clone)):
-        assert importlib.import_module("rlo_clone_pkg.sub").WHERE == "clone"
-        assert importlib.import_module("rlo_shadowed").WHERE == "clone"  # as sys.path[0] in the clone would
-        assert importlib.import_module("json").__name__ == "json"  # everything else as before
-        assert sys.path == path
-    assert sys.meta_path == finders
-    del sys.modules["rlo_clone_pkg"], sys.modules["rlo_clone_pkg.sub"]
-    with pytest.raises(ModuleNotFoundError):
-        importlib.import_module("rlo_clone_pkg")
+def test_processes_the_script_spawns_import_the_clone_too(clone, tmp_path):
+    """Upstream's DataLoader workers are spawned and unpickle training.dataset classes: the runner re-runs
+    itself with the clone on PYTHONPATH, so they find the clone's packages as the script does."""
+    (clone / "training" / "spawned.py").write_text("def where(_):\n    import torch_utils\n    return torch_utils.__file__\n")
+    (clone / "train.py").write_text("""\
+import json
+import multiprocessing
+import sys
+import click
+from training import spawned
+
+@click.command()
+@click.option('--outdir', required=True)
+def main(outdir):
+    with multiprocessing.get_context('spawn').Pool(1) as pool:
+        found = pool.map(spawned.where, [0])[0]
+    with open(outdir + '/spawned.json', 'w') as f:
+        json.dump({'worker': found, 'main': spawned.__file__, 'path': sys.path}, f)
+""")
+    proc = run(clone, "--device", "cpu", "--", "--outdir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads((tmp_path / "spawned.json").read_text())
+    assert found["worker"] == str(clone / "torch_utils" / "__init__.py")
+    assert found["main"] == str(clone / "training" / "spawned.py") and str(clone) in found["path"]
