@@ -27,6 +27,47 @@ MAY_CHANGE = ("epochs", "max_steps", "out", "resume", "overwrite", "threads", "d
               "logging_steps", "save_steps", "save_total_limit", "fp16", "bf16", "gradient_checkpointing")
 
 
+# Training flags shared with ft_quant.py: name -> (type, default, help). A script overrides the defaults
+# (ft_quant: LLMTools' lr 1e-3, no warmup, no weight decay) and the help text where its meaning differs.
+TRAINING_FLAGS = {
+    "loss": (str, "root", "training objective"),
+    "k": (float, 5.0, "RLO root k (root, root_paper)"),
+    "m": (float, 5.0, "RLO scale m (root)"),
+    "alpha": (float, 0.25, "focal alpha"),
+    "gamma": (float, 3.0, "focal gamma"),
+    "epochs": (float, 3.0, "training epochs"),
+    "max_steps": (int, -1, "optimizer steps; overrides --epochs if > 0"),
+    "block_size": (int, 256, "tokens per sequence"),
+    "bs": (int, 16, "sequences per micro-batch"),
+    "eval_bs": (int, None, "evaluation batch size (default --bs)"),
+    "grad_accum": (int, 1, "micro-batches per optimizer step"),
+    "lr": (float, 1e-5, "peak learning rate (AdamW, linear decay)"),
+    "warmup_steps": (int, 500, "linear warmup steps"),
+    "weight_decay": (float, 0.01, "AdamW weight decay"),
+    "seed": (int, 42, "seed of init, data order and dropout"),
+    "head": (str, "chunked", "LM head + loss: chunked (no full logits) or plain logits"),
+    "chunk_size": (int, 256, "tokens per LM-head chunk (chunked head)"),
+}
+TRAINING_CHOICES = {"loss": LM_LOSSES, "head": ["chunked", "plain"]}
+
+
+def add_training_args(parser, helps=None, **defaults):
+    """Add the loss, schedule, batch and LM-head flags (TRAINING_FLAGS) and --gradient-checkpointing.
+
+    defaults and helps, keyed by the flags' dest names, replace the shared default or help text (a help
+    may also be given for gradient_checkpointing, which is off by default everywhere)."""
+    helps = helps or {}
+    unknown = (set(defaults) - set(TRAINING_FLAGS)) | (set(helps) - set(TRAINING_FLAGS) - {"gradient_checkpointing"})
+    if unknown:  # a typo in a caller would otherwise be silently ignored
+        raise ValueError(f"not a training flag: {sorted(unknown)}")
+    for name, (kind, default, text) in TRAINING_FLAGS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=defaults.get(name, default),
+                            choices=TRAINING_CHOICES.get(name), help=helps.get(name, text))
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help=helps.get("gradient_checkpointing", "transformers' gradient checkpointing (recompute "
+                                       "each decoder layer in backward)"))
+
+
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__)
     p.add_argument("--model", type=str, default="facebook/opt-125m", help="hub id or local model directory")
@@ -38,30 +79,17 @@ def parse_args(argv=None):
     p.add_argument("--test-file", type=str, default=None, help="local test text")
     add_run_args(p, default_out="runs/ft_opt/<model>_<data>_<loss>[_k_m]_lr_s<seed>_<hash of the settings>",
                  resume_flags=(), out_flags=("--output-dir", "--out"))
-    p.add_argument("--loss", type=str, default="root", choices=LM_LOSSES, help="training objective")
-    p.add_argument("--k", type=float, default=5.0, help="RLO root k (root, root_paper)")
-    p.add_argument("--m", type=float, default=5.0, help="RLO scale m (root)")
-    p.add_argument("--alpha", type=float, default=0.25, help="focal alpha")
-    p.add_argument("--gamma", type=float, default=3.0, help="focal gamma")
-    p.add_argument("--epochs", type=float, default=3.0, help="training epochs")
-    p.add_argument("--max-steps", type=int, default=-1, help="optimizer steps; overrides --epochs if > 0")
-    p.add_argument("--block-size", type=int, default=256, help="tokens per sequence")
-    p.add_argument("--bs", type=int, default=16, help="sequences per device per micro-batch")
-    p.add_argument("--eval-bs", type=int, default=None, help="evaluation batch size (default --bs)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, default=1e-5, help="peak learning rate (AdamW, linear decay)")
-    p.add_argument("--warmup-steps", type=int, default=500, help="linear warmup steps (authors' code: 500)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
-    p.add_argument("--seed", type=int, default=42, help="seed of init, data order and dropout")
+    add_training_args(p, helps={"bs": "sequences per device per micro-batch",
+                                "warmup_steps": "linear warmup steps (authors' code: 500)",
+                                "head": "LM head + loss: chunked (no full logits) or plain logits (reference)",
+                                "chunk_size": "tokens per LM-head chunk (chunked head); small chunks keep peak "
+                                              "memory low",
+                                "gradient_checkpointing": "transformers' gradient checkpointing (recompute each "
+                                                          "decoder layer in backward); with the chunked head, the "
+                                                          "peak memory of a step is about 0.4x plain logits without "
+                                                          "it"})
     p.add_argument("--fp16", action="store_true", help="fp16 mixed precision (CUDA)")
     p.add_argument("--bf16", action="store_true", help="bf16 mixed precision (CUDA)")
-    p.add_argument("--head", type=str, default="chunked", choices=["chunked", "plain"],
-                   help="LM head + loss: chunked (no full logits) or plain logits (reference)")
-    p.add_argument("--chunk-size", type=int, default=256,
-                   help="tokens per LM-head chunk (chunked head); small chunks keep peak memory low")
-    p.add_argument("--gradient-checkpointing", action="store_true",
-                   help="transformers' gradient checkpointing (recompute each decoder layer in backward); with the "
-                        "chunked head, the peak memory of a step is about 0.4x plain logits without it")
     p.add_argument("--eval-only", action="store_true", help="evaluate --model without training")
     p.add_argument("--eval-test", action="store_true", help="also evaluate the test split")
     p.add_argument("--also-eval", nargs="*", default=[], choices=sorted(LAYOUTS),
@@ -258,7 +286,6 @@ def training_arguments(args):
     """TrainingArguments from the CLI: AdamW, linear schedule with warmup, no hub, no reporting."""
     import torch
     from transformers import TrainingArguments
-    checkpointing = getattr(args, "gradient_checkpointing", False)  # ft_quant.py's arguments lack it
     return TrainingArguments(
         output_dir=args.out, num_train_epochs=args.epochs, max_steps=args.max_steps,
         per_device_train_batch_size=args.bs, per_device_eval_batch_size=args.eval_bs or args.bs,
@@ -268,8 +295,8 @@ def training_arguments(args):
         save_strategy="steps", save_steps=args.save_steps, save_total_limit=args.save_total_limit,
         eval_strategy="steps" if args.eval_steps else "no", eval_steps=args.eval_steps or None,
         report_to="none", push_to_hub=False, remove_unused_columns=False, dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(), gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS if checkpointing else None)
+        dataloader_pin_memory=torch.cuda.is_available(), gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS if args.gradient_checkpointing else None)
 
 
 CHECKPOINTING_KWARGS = {"use_reentrant": False}  # non-reentrant: works with the hidden-state hook and frozen inputs
@@ -279,7 +306,7 @@ def make_trainer(args, model, tokenizer, data, form):
     """A Trainer whose loss is the losses.py objective and whose evaluation is true perplexity."""
     import torch
     from transformers import Trainer
-    if getattr(args, "gradient_checkpointing", False):  # here, not only in Trainer.train(): every step uses it
+    if args.gradient_checkpointing:  # here, not only in Trainer.train(): every step uses it
         model.config.use_cache = False
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
 

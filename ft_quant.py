@@ -25,7 +25,7 @@ import torch
 
 import ft_opt
 from quant import qlinear, saveload
-from quant.families import FAMILIES
+from quant.families import FAMILIES, load_causal_lm
 from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli
 from utils.lm_data import LAYOUTS
 from utils.runio import RunDir, add_run_args, set_threads
@@ -54,24 +54,10 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", type=str, default=default_data_dir(), help="root of the local data layouts")
     for split in ("train", "validation", "test"):
         p.add_argument(f"--{split}-file", type=str, default=None, help=f"local {split} text (.txt or .jsonl)")
-    p.add_argument("--loss", type=str, default="root", choices=ft_opt.LM_LOSSES, help="training objective")
-    p.add_argument("--k", type=float, default=5.0, help="RLO root k (root, root_paper)")
-    p.add_argument("--m", type=float, default=5.0, help="RLO scale m (root)")
-    p.add_argument("--alpha", type=float, default=0.25, help="focal alpha")
-    p.add_argument("--gamma", type=float, default=3.0, help="focal gamma")
-    p.add_argument("--epochs", type=float, default=3.0, help="training epochs")
-    p.add_argument("--max-steps", type=int, default=-1, help="optimizer steps; overrides --epochs if > 0")
-    p.add_argument("--block-size", type=int, default=256, help="tokens per sequence")
-    p.add_argument("--bs", type=int, default=16, help="sequences per micro-batch")
-    p.add_argument("--eval-bs", type=int, default=None, help="evaluation batch size (default --bs)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, linear decay)")
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    p.add_argument("--seed", type=int, default=42, help="seed of the adapter init, data order and dropout")
-    p.add_argument("--head", type=str, default="chunked", choices=["chunked", "plain"],
-                   help="LM head + loss: chunked (no full logits) or plain logits")
-    p.add_argument("--chunk-size", type=int, default=256, help="tokens per LM-head chunk (chunked head)")
+    ft_opt.add_training_args(p, lr=1e-3, warmup_steps=0, weight_decay=0.0,
+                             helps={"seed": "seed of the adapter init, data order and dropout",
+                                    "gradient_checkpointing": "transformers' gradient checkpointing (recompute "
+                                    "each decoder layer in backward, the codes dequantized again)"})
     p.add_argument("--eval-only", action="store_true", help="evaluate without training")
     p.add_argument("--eval-test", action="store_true", help="also evaluate the test split")
     p.add_argument("--skip-validation", action="store_true",
@@ -125,7 +111,7 @@ def decoder_linears(model, family):
 def base_model(args):
     """(model, tokenizer, bits, quantization method, LoRA targets), every base parameter frozen."""
     if args.dense_base:
-        model, tokenizer = qlinear._load_hf(args.base)
+        model, tokenizer = load_causal_lm(args.base)
         for p in model.parameters():
             p.requires_grad_(False)
         targets = decoder_linears(model, qlinear.family_of(model, args.family))

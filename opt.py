@@ -14,7 +14,7 @@ non-empty directory; it writes to a temporary directory renamed into place.
 import os
 import time
 
-from quant.families import FAMILIES, MODEL_TYPES
+from quant.families import FAMILIES, MODEL_TYPES, load_causal_lm as load_model
 from utils.cli import ArgumentParser, UsageError, default_data_dir, registry_choice, run_cli
 from utils.runio import RunDir, add_run_args, config_hash
 
@@ -140,22 +140,6 @@ def quant_config(args):
                        proj=args.incoh if args.pre_proj else None, percdamp=args.percdamp,
                        npasses=args.npasses, groupsize=args.groupsize, seed=args.seed,
                        dead_inputs=args.dead_inputs)
-
-
-def load_model(path):
-    import torch
-
-    import utils.tv_compat  # noqa: F401  (before transformers, which imports torchvision)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging
-    logging.disable_progress_bar()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"cannot load model {path!r}: {str(err).splitlines()[0]}") from None
-    model.config.use_cache = False
-    return model.eval(), tokenizer
 
 
 def model_family(model, choice):

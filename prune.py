@@ -18,8 +18,6 @@ import utils.tv_compat  # noqa: F401  (must come before anything imports torchvi
 
 import math
 import os
-import shutil
-import tarfile
 import time
 
 import torch
@@ -34,7 +32,7 @@ import losses
 import models
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli
-from utils.datasets import Transformed, build_datasets
+from utils.datasets import Transformed, build_datasets, cifar10_data_dir
 from utils.runio import RunDir, add_run_args, set_threads
 
 DEFINING = ("density", "mine_epochs", "iter_period", "lmbda", "mine_lr", "ft_epochs", "ft_lr", "ft_wd",
@@ -103,26 +101,6 @@ def default_out(args):
 
 
 # ------------------------------------------------------------------------------------------ data
-def resolve_data_dir(data_dir, cache):
-    """data_dir itself, or, when it only holds the packed JPEG copy, that copy unpacked once under `cache`."""
-    tar_path = os.path.join(data_dir, "cifar10-jpeg", "cifar10-jpeg.tar.gz")
-    unpacked = (os.path.isdir(os.path.join(data_dir, "cifar-10-batches-py"))
-                or os.path.isdir(os.path.join(data_dir, "train"))
-                or os.path.isdir(os.path.join(data_dir, "cifar10-jpeg", "train")))
-    if unpacked or not os.path.isfile(tar_path):
-        return data_dir
-    target = os.path.join(cache, "cifar10-jpeg")
-    if not os.path.isdir(os.path.join(target, "test")):
-        tmp = f"{target}.partial-{os.getpid()}"
-        os.makedirs(tmp, exist_ok=True)
-        with tarfile.open(tar_path) as tar:
-            tar.extractall(tmp, filter="data")
-        inner = os.path.join(tmp, "cifar10-jpeg")
-        os.replace(inner if os.path.isdir(inner) else tmp, target)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 class InMemory(Dataset):
     """The items of a dataset read once and kept (decoding JPEGs every epoch cost more than the net here)."""
 
@@ -139,7 +117,7 @@ class InMemory(Dataset):
 def load_data(args):
     """(train, test, info): the decoded train images kept in memory (augmented per epoch), the test set
     fully transformed once (its transform is deterministic)."""
-    data_dir = resolve_data_dir(args.data_dir, args.cache)
+    data_dir = cifar10_data_dir(args.data_dir, args.cache)
     train, test, info = build_datasets("cifar10", data_dir, args.size, augment=False, subset=args.subset,
                                        seed=0, test_subset=args.test_subset)
     return Transformed(InMemory(train.base), train.transform), InMemory(test), info

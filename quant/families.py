@@ -40,3 +40,24 @@ FAMILIES = {
 }
 # config.model_type -> family (Llama-architecture models share the adapter)
 MODEL_TYPES = {"opt": "opt", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
+
+
+def load_causal_lm(path):
+    """(model in float32, eval mode, no KV cache; tokenizer) from a hub id or a directory, as opt.py, llama.py
+    and quant.qlinear read them; a path transformers cannot load ends with one UsageError line."""
+    import torch
+
+    import utils.tv_compat  # noqa: F401  (before transformers, which imports torchvision)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
+
+    from utils.cli import UsageError
+    logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot load model {path!r}: {first}") from None
+    model.config.use_cache = False  # layer-by-layer calibration and training need no cache
+    return model.eval(), tokenizer

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from quant import incoherence, saveload
-from quant.families import FAMILIES, MODEL_TYPES
+from quant.families import FAMILIES, MODEL_TYPES, load_causal_lm
 from utils.cli import UsageError
 
 
@@ -178,20 +178,6 @@ class QuantLinear(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- loading
-def _load_hf(path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging
-    logging.disable_progress_bar()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"cannot load model {path!r}: {first}") from None
-    model.config.use_cache = False
-    return model, tokenizer
-
-
 def family_of(model, choice="auto"):
     if choice != "auto":
         return FAMILIES[choice]
@@ -220,7 +206,7 @@ def install(model, family, cfg, records):
 def load_quantized(path, family="auto"):
     """(model, tokenizer, QuantConfig) from an opt.py / llama.py --save directory, base frozen."""
     cfg, records = saveload.read_codes(path)  # first: a directory without codes fails before any load
-    model, tokenizer = _load_hf(path)
+    model, tokenizer = load_causal_lm(path)
     install(model, family_of(model, family), cfg, records)
     for p in model.parameters():
         p.requires_grad_(False)

@@ -15,11 +15,9 @@ weights and sees the same batches. It reuses losses.get_loss / KSchedule, the mo
 """
 import utils.tv_compat  # noqa: F401  (must come before anything imports torchvision)
 
-import io
 import json
 import math
 import os
-import tarfile
 import time
 
 import numpy as np
@@ -31,11 +29,10 @@ from models import build_model
 from scripts.table1_cpu import plateau
 from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli
-from utils.datasets import CIFAR_MEAN, CIFAR_STD
+from utils.datasets import CIFAR10_JPEG_TAR, CIFAR_MEAN, CIFAR_STD, decode_jpeg_tar
 from utils.report import REPO, RESULTS
 from utils.runio import RunDir, atomic_write_json, read_jsonl, set_threads
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # cell -> loss and hyperparameters; RLO-k is the authors' code form m (1 - p^(1/k)) with m = k.
 CELLS = {
     "ce": {"loss": "ce"},
@@ -65,7 +62,7 @@ DEFINING = ("cell", "seed", "epochs", "train_per_class", "test_per_class", "size
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tar", default=os.path.join(default_data_dir(), "cifar10-jpeg", "cifar10-jpeg.tar.gz"),
+    p.add_argument("--tar", default=os.path.join(default_data_dir(), CIFAR10_JPEG_TAR),
                    help="the packed JPEG CIFAR-10 (decoded once into --cache)")
     p.add_argument("--cache", default=os.path.join(REPO, "runs", "cache"), help="decoded-array cache (outside git)")
     p.add_argument("--runs", default=os.path.join(REPO, "runs", "vision_grid"), help="run directories")
@@ -97,31 +94,11 @@ def parse_args(argv=None):
 
 
 # ----------------------------------------------------------------------------------------------- data
-def decode_tar(tar_path):
-    """{'train'|'test': (uint8 images (N, 32, 32, 3), int64 labels)} from the JPEG CIFAR-10 tar, in a fixed order
-    (split, class, file name) so that subsets are the same on every machine."""
-    from PIL import Image
-    if not os.path.exists(tar_path):
-        raise UsageError(f"{tar_path} not found; expected the packed JPEG CIFAR-10 (cifar10-jpeg.tar.gz)")
-    items = {"train": [], "test": []}
-    with tarfile.open(tar_path) as tar:
-        for member in tar:
-            parts = member.name.split("/")
-            if member.isfile() and member.name.endswith(".jpg") and parts[-3] in items:
-                image = np.asarray(Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB"))
-                items[parts[-3]].append((CLASSES.index(parts[-2]), parts[-1], image))
-    out = {}
-    for split, rows in items.items():
-        rows.sort(key=lambda r: (r[0], r[1]))
-        out[split] = (np.stack([r[2] for r in rows]), np.array([r[0] for r in rows], dtype=np.int64))
-    return out
-
-
 def load_cifar(tar_path, cache):
-    """decode_tar, cached as one .npz under `cache` (written atomically)."""
+    """utils.datasets.decode_jpeg_tar, cached as one .npz under `cache` (written atomically)."""
     path = os.path.join(cache, "cifar10_jpeg_u8.npz")
     if not os.path.exists(path):
-        data = decode_tar(tar_path)
+        data = decode_jpeg_tar(tar_path)
         os.makedirs(cache, exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}.npz"
         np.savez(tmp, train_x=data["train"][0], train_y=data["train"][1], test_x=data["test"][0],

@@ -158,7 +158,8 @@ def check_clone(clone, script):
 
 
 def gpus_requested(script_args):
-    """train.py's --gpus value (1 when absent); its other processes would not get these patches."""
+    """train.py's --gpus value (1 when absent); the processes it spawns for more would not get these patches
+    (and would import this project's train.py, first on their path, for upstream's)."""
     for i, arg in enumerate(script_args):
         m = re.match(r"^--gpus(?:=(.*))?$", arg)
         if m:
@@ -202,9 +203,26 @@ def load_script(path):
     return module
 
 
+def on_path(clone):
+    """Whether the clone's top-level packages (dnnlib, torch_utils, training, ...) import by name here."""
+    return any(os.path.realpath(entry or os.curdir) == os.path.realpath(clone) for entry in sys.path)
+
+
+def reexec_with_clone_on_path(clone, argv):
+    """Run this command again in a new interpreter with the clone on PYTHONPATH, as `python train.py` inside
+    the clone finds its packages; the DataLoader workers upstream spawns inherit it. Does not return."""
+    current = os.environ.get("PYTHONPATH", "")
+    if current.split(os.pathsep)[0] == clone:  # already re-run once: do not loop
+        raise UsageError(f"{clone} is first on PYTHONPATH and still not on sys.path; cannot import its packages")
+    paths = [clone] + ([current] if current else [])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "stylegan_patch.run", *argv], env)
+
+
 def prepare(clone, script, device, args, trace_stream):
-    """Import the clone's modules and install the patches; returns the script's module."""
-    sys.path.insert(0, clone)  # what `python train.py` inside the clone does
+    """Import the clone's modules (the clone on sys.path) and install the patches; returns the script's module."""
     misc = importlib.import_module("torch_utils.misc")
     allow_sampler_data_source(misc.InfiniteSampler)
     loop = importlib.import_module("training.training_loop")
@@ -235,7 +253,7 @@ def parse_args(argv=None):
     p.add_argument("--grid-rows", type=int, default=None, help="train.py: rows of the snapshot image grids")
     p.add_argument("--trace", type=str, default=None, help="train.py: JSON-lines file of the loss reports")
     args = p.parse_args(ours)
-    args.script_args = script_args
+    args.script_args, args.argv = script_args, argv
     return args
 
 
@@ -247,8 +265,11 @@ def main(args):
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     device = resolve_device(args.device)
-    if device == "cpu" and gpus_requested(args.script_args) > 1:
-        raise UsageError("--gpus > 1 starts processes this runner cannot patch; use --gpus=1 on the CPU")
+    if gpus_requested(args.script_args) > 1:  # its workers would import train.py unpatched
+        raise UsageError("--gpus > 1 starts processes this runner cannot patch; use --gpus=1 (several GPUs: "
+                         "upstream's train.py on its own torch)")
+    if not on_path(clone):
+        reexec_with_clone_on_path(clone, args.argv)
     trace_stream = open(args.trace, "w", encoding="utf-8") if args.trace else None
     try:
         module = prepare(clone, args.script, device, args, trace_stream)

@@ -1,6 +1,8 @@
 """Tiny fake datasets in the official on-disk layouts, made in a temp dir by the tests."""
+import io
 import os
 import pickle
+import tarfile
 
 import numpy as np
 from PIL import Image
@@ -72,3 +74,20 @@ def make_class_folders(root, classes=("cat", "dog"), per_class=3, size=32):
             for i in range(per_class):
                 _jpeg(os.path.join(root, split, c, f"{i}.jpg"), 100, size)
     return root
+
+
+def make_jpeg_tar(path, classes=("truck", "airplane"), per_class=2, prefix="cifar10-jpeg", splits=("test", "train")):
+    """A packed JPEG copy like ../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz: PREFIX/{test,train}/<class>/
+    NNNN.jpg written in reverse file order (so readers must sort); image i of class c is filled with 40 c + 5 i
+    (test images + 20), the class order being the one given."""
+    with tarfile.open(path, "w:gz") as tar:
+        for split in splits:
+            offset = 20 if split == "test" else 0
+            for c, name in enumerate(classes):
+                for i in reversed(range(per_class)):
+                    buf = io.BytesIO()
+                    Image.fromarray(np.full((32, 32, 3), 40 * c + 5 * i + offset, np.uint8)).save(buf, format="JPEG")
+                    info = tarfile.TarInfo("/".join(filter(None, (prefix, split, name, f"{i:04d}.jpg"))))
+                    info.size = len(buf.getvalue())
+                    tar.addfile(info, io.BytesIO(buf.getvalue()))
+    return str(path)

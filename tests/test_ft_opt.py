@@ -26,6 +26,19 @@ def write_text(path, lines, seed):
     return str(path)
 
 
+def test_training_args_take_each_scripts_defaults_and_help():
+    from utils.cli import ArgumentParser
+    p = ArgumentParser()
+    ft_opt.add_training_args(p, lr=1e-3, warmup_steps=0, helps={"seed": "adapter seed"})
+    args = p.parse_args([])
+    assert (args.lr, args.warmup_steps, args.weight_decay, args.k, args.loss) == (1e-3, 0, 0.01, 5.0, "root")
+    assert args.gradient_checkpointing is False and p.parse_args(["--gradient-checkpointing"]).gradient_checkpointing
+    assert "adapter seed" in p.format_help() and "training objective" in p.format_help()
+    assert ft_opt.parse_args([]).lr == 1e-5 and ft_opt.parse_args([]).warmup_steps == 500
+    with pytest.raises(ValueError, match="warmup"):
+        ft_opt.add_training_args(ArgumentParser(), warmup=0)  # a misspelt flag is not silently ignored
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A saved tiny OPT + tokenizer and train / validation text files."""

@@ -59,6 +59,28 @@ def test_training_moves_only_lora_and_keeps_codes_bit_identical(tiny, tmp_path):
     assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
 
 
+def test_gradient_checkpointing_gives_the_same_lora_gradients(tiny, tmp_path):
+    """Recomputing the quantized decoder layers in backward (codes dequantized again) changes no gradient."""
+    grads = []
+    for flags in ([], ["--gradient-checkpointing"]):
+        args = ft_quant.parse_args(argv(tiny, tmp_path / f"gc{len(flags)}", "--max-steps", "1", *flags))
+        form, ns = ft_quant.check_args(args)
+        model, tokenizer, _, _, targets = ft_quant.base_model(args)
+        model = ft_quant.with_adapters(args, model, targets)
+        data = ft_opt.load_data(ns, tokenizer)
+        trainer = ft_opt.make_trainer(ns, model, tokenizer, data, form)
+        assert model.is_gradient_checkpointing == bool(flags)
+        batch = ft_opt.collate([data["train"][i] for i in range(4)])
+        torch.manual_seed(0)  # the same LoRA dropout masks in both runs
+        loss = trainer.training_step(model, batch, (batch["shift_labels"] != -100).sum())
+        grads.append((loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss, plain), (loss_gc, checkpointed) = grads
+    torch.testing.assert_close(loss_gc, loss, rtol=1e-5, atol=1e-6)
+    assert plain.keys() == checkpointed.keys() and any(g.abs().sum() > 0 for g in plain.values())
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-6)
+
+
 def reference_perplexity(tiny, adapters):
     """exp(mean CE) over the test blocks, from the dense fake-quantized copy opt.py saved plus peft's stock
     LoRA Linear loaded from the adapter files: none of ft_quant's or qlinear's code."""

@@ -140,6 +140,15 @@ def test_user_errors_exit_2_with_one_line(clone, tmp_path, capsys, argv, words):
     assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err
 
 
+def test_several_gpus_are_refused_with_cuda_too(clone, monkeypatch, capsys):
+    """The spawned workers would import train.py from sys.path, without the clone's modules or the patches."""
+    monkeypatch.setattr(runner, "resolve_device", lambda device: "cuda")
+    with pytest.raises(SystemExit) as exit_info:
+        runner.run_cli(runner.main, runner.parse_args([str(clone), "--", "--gpus=2"]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "--gpus=1" in err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_requested_without_cuda(clone, capsys):
     with pytest.raises(SystemExit):
@@ -187,3 +196,29 @@ def test_a_missing_upstream_dependency_is_one_line(clone):
     (clone / "generate.py").write_text("import rlo_no_such_module\n")
     proc = run(clone, "--device", "cpu", "--script", "generate.py")
     assert proc.returncode == 2 and "'rlo_no_such_module'" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_processes_the_script_spawns_import_the_clone_too(clone, tmp_path):
+    """Upstream's DataLoader workers are spawned and unpickle training.dataset classes: the runner re-runs
+    itself with the clone on PYTHONPATH, so they find the clone's packages as the script does."""
+    (clone / "training" / "spawned.py").write_text("def where(_):\n    import torch_utils\n    return torch_utils.__file__\n")
+    (clone / "train.py").write_text("""\
+import json
+import multiprocessing
+import sys
+import click
+from training import spawned
+
+@click.command()
+@click.option('--outdir', required=True)
+def main(outdir):
+    with multiprocessing.get_context('spawn').Pool(1) as pool:
+        found = pool.map(spawned.where, [0])[0]
+    with open(outdir + '/spawned.json', 'w') as f:
+        json.dump({'worker': found, 'main': spawned.__file__, 'path': sys.path}, f)
+""")
+    proc = run(clone, "--device", "cpu", "--", "--outdir", tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads((tmp_path / "spawned.json").read_text())
+    assert found["worker"] == str(clone / "torch_utils" / "__init__.py")
+    assert found["main"] == str(clone / "training" / "spawned.py") and str(clone) in found["path"]

@@ -1,16 +1,14 @@
 """scripts/vision_grid.py: the paired design, skip and resume, and the data helpers, on tiny fake data."""
-import io
 import json
 import shutil
 import os
-import tarfile
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from scripts import vision_grid as vg
+from tests import fake_data
 
 TINY = ["--net", "airbench_mini", "--width", "4", "--size", "8", "--train-per-class", "4", "--test-per-class", "2",
         "--epochs", "2", "--bs", "8", "--lr", "1e-2", "--pad", "1", "--threads", "1"]
@@ -138,18 +136,15 @@ def test_plateau_criterion():
     assert not vg.plateau(rising + [62, 61])  # fell 1 point below the best of the last 2 epochs
 
 
-def test_decode_tar_reads_classes_in_a_fixed_order(tmp_path):
-    path = tmp_path / "c.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        for split in ("test", "train"):
-            for c, name in enumerate(("truck", "airplane")):
-                buf = io.BytesIO()
-                Image.fromarray(np.full((32, 32, 3), 40 * c, np.uint8)).save(buf, format="JPEG")
-                info = tarfile.TarInfo(f"cifar10-jpeg/{split}/{name}/0001.jpg")
-                info.size = len(buf.getvalue())
-                tar.addfile(info, io.BytesIO(buf.getvalue()))
-    out = vg.decode_tar(str(path))
+def test_load_cifar_decodes_the_tar_once_into_its_npz_cache(tmp_path):
+    tar = fake_data.make_jpeg_tar(tmp_path / "c.tar.gz", classes=("truck", "airplane"), per_class=1)
+    out = vg.load_cifar(tar, str(tmp_path / "cache"))
     assert out["train"][0].shape == (2, 32, 32, 3) and list(out["train"][1]) == [0, 9]
+    with np.load(tmp_path / "cache" / "cifar10_jpeg_u8.npz") as z:  # the name and keys a running grid reads
+        assert sorted(z.files) == ["test_x", "test_y", "train_x", "train_y"] and z["train_x"].dtype == np.uint8
+        assert np.array_equal(z["test_y"], out["test"][1])
+    os.remove(tar)
+    assert np.array_equal(vg.load_cifar(tar, str(tmp_path / "cache"))["train"][0], out["train"][0])
 
 
 def test_missing_tar_is_a_usage_error(tmp_path):

