@@ -90,8 +90,8 @@ def summary(rows):
 
 
 def load(path):
-    from opt import load_model
-    model, tokenizer = load_model(path)
+    from quant.families import load_causal_lm
+    model, tokenizer = load_causal_lm(path)
     kind = MODEL_TYPES.get(model.config.model_type)
     if kind is None:
         raise UsageError(f"{path}: model type {model.config.model_type!r} is not supported")
