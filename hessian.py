@@ -12,7 +12,7 @@ above 1e-6 lambda_max), q = 0.1 and 0.5, from the SLQ distribution (and from the
 exact kappa_pos = lambda_max / smallest eigenvalue above 1e-6 lambda_max.
 
 It writes a run directory (config.json, metrics.jsonl, results.json: one record per checkpoint, with the SLQ
-nodes and weights and the exact eigenvalues); `python -m scripts.fig3a OUT` builds results/hessian.md and
+nodes and weights and the exact eigenvalues); `python -m scripts.fig3a OUT` builds results/fig3a.md and
 Fig. 3a from it.
 
     python hessian.py runs/synthetic/models/adam_fc2_ce_s0.pt runs/synthetic/models/adam_fc2_root_s0.pt --out runs/hessian

@@ -5,7 +5,7 @@ k = 3, trained full batch for 1000, 100 and 50 iterations. The paper does not na
 the default here (plain GD at lr 0.01 barely moves a 3- or 4-layer net in 50-100 steps), `--optimizers gd`
 runs plain full-batch gradient descent too. Every trained model is saved as a 'synthetic' checkpoint in
 OUT/models/ (what hessian.py and the Fig. 2 report read); OUT/results.json holds every net's numbers.
-The report (results/synthetic.md, results/fig2_*.png) is built by `python -m scripts.fig2 OUT`.
+The report (results/fig2.md, results/fig2_*.png) is built by `python -m scripts.fig2 OUT`.
 
     python synthetic.py --out runs/synthetic
     python synthetic.py --depths 2 --seeds 0 --iters 20 --out /tmp/syn
