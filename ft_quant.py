@@ -25,7 +25,7 @@ import torch
 
 import ft_opt
 from quant import qlinear, saveload
-from quant.families import FAMILIES, load_causal_lm
+from quant.families import FAMILIES, family_of, load_causal_lm
 from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli
 from utils.lm_data import LAYOUTS
 from utils.runio import RunDir, add_run_args, set_threads
@@ -114,7 +114,7 @@ def base_model(args):
         model, tokenizer = load_causal_lm(args.base)
         for p in model.parameters():
             p.requires_grad_(False)
-        targets = decoder_linears(model, qlinear.family_of(model, args.family))
+        targets = decoder_linears(model, family_of(model, args.family))
         return model.eval(), tokenizer, 16, "none", targets
     model, tokenizer, cfg = qlinear.load_quantized(args.base, args.family)
     return model, tokenizer, cfg.wbits, cfg.method, qlinear.quant_linear_names(model)

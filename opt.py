@@ -14,7 +14,7 @@ non-empty directory; it writes to a temporary directory renamed into place.
 import os
 import time
 
-from quant.families import FAMILIES, MODEL_TYPES, load_causal_lm as load_model
+from quant.families import FAMILIES, family_of, load_causal_lm as load_model
 from utils.cli import ArgumentParser, UsageError, default_data_dir, registry_choice, run_cli
 from utils.runio import RunDir, add_run_args, config_hash
 
@@ -143,12 +143,7 @@ def quant_config(args):
 
 
 def model_family(model, choice):
-    if choice != "auto":
-        return FAMILIES[choice]
-    kind = MODEL_TYPES.get(model.config.model_type)
-    if kind is None:
-        raise UsageError(f"model type {model.config.model_type!r} is not supported; use --family")
-    return FAMILIES[kind]
+    return family_of(model, choice, hint="; use --family")
 
 
 def seqlen_of(model, args):

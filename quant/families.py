@@ -42,6 +42,18 @@ FAMILIES = {
 MODEL_TYPES = {"opt": "opt", "llama": "llama", "mistral": "llama", "qwen2": "llama"}
 
 
+def family_of(model, choice="auto", hint=""):
+    """The adapter for `choice`, or (auto) for the model's config.model_type; one UsageError line (plus `hint`)
+    for a type no adapter covers."""
+    from utils.cli import UsageError
+    if choice != "auto":
+        return FAMILIES[choice]
+    kind = MODEL_TYPES.get(model.config.model_type)
+    if kind is None:
+        raise UsageError(f"model type {model.config.model_type!r} is not supported{hint}")
+    return FAMILIES[kind]
+
+
 def load_causal_lm(path):
     """(model in float32, eval mode, no KV cache; tokenizer) from a hub id or a directory, as opt.py, llama.py
     and quant.qlinear read them; a path transformers cannot load ends with one UsageError line."""

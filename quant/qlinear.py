@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from quant import incoherence, saveload
-from quant.families import FAMILIES, MODEL_TYPES, load_causal_lm
+from quant.families import family_of, load_causal_lm
 from utils.cli import UsageError
 
 
@@ -178,15 +178,6 @@ class QuantLinear(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- loading
-def family_of(model, choice="auto"):
-    if choice != "auto":
-        return FAMILIES[choice]
-    kind = MODEL_TYPES.get(model.config.model_type)
-    if kind is None:
-        raise UsageError(f"model type {model.config.model_type!r} is not supported")
-    return FAMILIES[kind]
-
-
 def install(model, family, cfg, records):
     """Replace each recorded decoder linear by a QuantLinear built from its record; returns their names."""
     base = family.base(model)

@@ -16,7 +16,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from quant import datautils  # noqa: E402
-from quant.families import FAMILIES, MODEL_TYPES, load_causal_lm  # noqa: E402
+from quant.families import family_of, load_causal_lm  # noqa: E402
 from quant.calibration import HessianHooks, capture_layer_inputs, find_linears, hessian_summary, run_layer  # noqa: E402
 from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli  # noqa: E402
 from utils.runio import RunDir, add_run_args, set_threads  # noqa: E402
@@ -57,10 +57,7 @@ def layer_statistics(model, family, windows, percdamp, batch=8):
 def load_model(path):
     """Model (float32, eval), tokenizer and family adapter of a causal LM; one-line error when unloadable."""
     model, tokenizer = load_causal_lm(path)
-    kind = MODEL_TYPES.get(model.config.model_type)
-    if kind is None:
-        raise UsageError(f"model type {model.config.model_type!r} is not supported")
-    return model, tokenizer, FAMILIES[kind]
+    return model, tokenizer, family_of(model)
 
 
 def main(args):

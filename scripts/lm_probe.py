@@ -16,8 +16,8 @@ import torch
 
 from quant import datautils
 from quant.driver import perplexity
-from quant.families import FAMILIES, MODEL_TYPES
-from utils.cli import ArgumentParser, UsageError, default_data_dir, run_cli
+from quant.families import family_of, load_causal_lm
+from utils.cli import ArgumentParser, default_data_dir, run_cli
 from utils.report import md_table, write_report
 from utils.runio import set_threads
 
@@ -90,12 +90,8 @@ def summary(rows):
 
 
 def load(path):
-    from quant.families import load_causal_lm
     model, tokenizer = load_causal_lm(path)
-    kind = MODEL_TYPES.get(model.config.model_type)
-    if kind is None:
-        raise UsageError(f"{path}: model type {model.config.model_type!r} is not supported")
-    return model, tokenizer, FAMILIES[kind]
+    return model, tokenizer, family_of(model)
 
 
 def main(args):

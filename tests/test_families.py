@@ -1,8 +1,10 @@
 """quant/families.py: the one causal-LM loader opt.py, llama.py, quant.qlinear and ft_quant.py use."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from quant.families import load_causal_lm
+from quant.families import FAMILIES, family_of, load_causal_lm
 from tests.quant_tiny import make_model, make_tokenizer
 from utils.cli import UsageError
 
@@ -25,3 +27,10 @@ def test_unloadable_path_is_one_usage_error_line(tmp_path, make):
         load_causal_lm(path)
     message = str(err.value)
     assert message.startswith(f"cannot load model {path!r}: ") and "\n" not in message
+
+
+def test_family_of_maps_model_types_and_names_the_unsupported_one():
+    model = SimpleNamespace(config=SimpleNamespace(model_type="mistral"))
+    assert family_of(model) is FAMILIES["llama"] and family_of(model, "opt") is FAMILIES["opt"]
+    with pytest.raises(UsageError, match=r"^model type 'gpt2' is not supported; use --family$"):
+        family_of(SimpleNamespace(config=SimpleNamespace(model_type="gpt2")), hint="; use --family")
