@@ -145,13 +145,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, out):
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    train.main(train.parse_args([*TINY, "--n_epochs", "1", "--out", out]))
-
-
 def _spawn(worker, *args):
     ctx = mp.spawn(worker, args=args, nprocs=2, join=False)
     deadline = time.monotonic() + 240  # a hung process group must fail the test, not stall CI
