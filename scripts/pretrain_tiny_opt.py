@@ -41,6 +41,7 @@ from utils.runio import RunDir, add_run_args, atomic_write_text, set_threads  # 
 PRESETS = {
     "tiny-opt-3x128": dict(num_hidden_layers=3, hidden_size=128, ffn_dim=512, num_attention_heads=2),
     "tiny-opt-4x128": dict(num_hidden_layers=4, hidden_size=128, ffn_dim=512, num_attention_heads=2),
+    "tiny-opt-8x128": dict(num_hidden_layers=8, hidden_size=128, ffn_dim=512, num_attention_heads=2),
     "tiny-opt-4x192": dict(num_hidden_layers=4, hidden_size=192, ffn_dim=768, num_attention_heads=3),
     "tiny-opt-4x256": dict(num_hidden_layers=4, hidden_size=256, ffn_dim=1024, num_attention_heads=4),
     "tiny-opt-6x384": dict(num_hidden_layers=6, hidden_size=384, ffn_dim=1536, num_attention_heads=6),

@@ -9,8 +9,10 @@ Reads the run directories scripts/table3_cpu.sh writes under --runs (default run
     hstats/NAME-sSEED/             scripts/hessian_stats.py runs
 
 Every comparison is paired by fine-tuning seed (same seed: same data order) and judged by utils.report's rule.
+--candidates names other such folders (bases pretrained with other settings, curve stage run): their
+sensitivity curves are shown beside the base's, so the choice of base is documented by its evidence.
 
-    python -m scripts.table3_cpu --runs runs/table3_cpu
+    python -m scripts.table3_cpu --runs runs/table3_cpu [--candidates runs/other ...]
 """
 import glob
 import json
@@ -26,11 +28,14 @@ SETS = ("wikitext2", "ptb", "c4")
 BITS = (16, 4, 3, 2)
 CELL = re.compile(r"^(?P<model>CE|RLO-5|RLO-10)-s(?P<seed>\d+)-w(?P<bits>\d+)(?P<nearest>-nearest)?$")
 CURVE = re.compile(r"^(?P<step>step-\d+|final)-w(?P<bits>\d+)(?:-(?P<method>nearest|ldlqRG))?$")
+TARGET = 1.5  # the issue's bar for a base on which quantization bites: 2-bit nearest ppl >= 1.5x the 16-bit ppl
 
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", default="runs/table3_cpu", help="the folder scripts/table3_cpu.sh wrote")
+    p.add_argument("--candidates", nargs="*", default=[],
+                   help="other table3_cpu.sh folders whose base and sensitivity curve are shown beside --runs'")
     p.add_argument("--out-dir", default=None, help="where the reports go (default: results/)")
     return p.parse_args(argv)
 
@@ -65,7 +70,19 @@ def quant_rows(runs):
     return rows
 
 
-def curve_rows(runs, tokens_per_step):
+def read_base(runs):
+    """(config, results) of the pretraining run in runs/base; either None when missing."""
+    return (read_json(os.path.join(runs, "base", "config.json")),
+            read_json(os.path.join(runs, "base", "results.json")))
+
+
+def base_label(cfg):
+    if not cfg:
+        return "base"
+    return f"{cfg.get('preset')}, BPE {cfg.get('vocab_size')}, {cfg.get('max_steps')} steps"
+
+
+def curve_rows(runs, tokens_per_step, label="base", final_tokens=None):
     """ppl(2-bit)/ppl(16) of each pretraining snapshot on WikiText-2, by pretraining tokens."""
     found = {}
     for path in glob.glob(os.path.join(runs, "curve", "*", "results.json")):
@@ -79,8 +96,8 @@ def curve_rows(runs, tokens_per_step):
         if "fp" not in ppl:
             continue
         n = None if step == "final" else int(step.split("-")[1])
-        row = {"part": "curve", "step": n if n is not None else "final", "dataset": "wikitext2", "ppl": ppl["fp"],
-               "tokens": None if n is None or tokens_per_step is None else n * tokens_per_step}
+        row = {"part": "curve", "base": label, "step": n if n is not None else "final", "dataset": "wikitext2",
+               "ppl": ppl["fp"], "tokens": final_tokens if n is None else (None if tokens_per_step is None else n * tokens_per_step)}
         for method in ("nearest", "ldlqRG"):
             row[f"ppl_w2_{method}"] = ppl.get(method)
             row[f"ratio_w2_{method}"] = ppl[method] / ppl["fp"] if method in ppl else None
@@ -145,34 +162,65 @@ def paper_table(paper):
 
 
 def curve_figure(curve, path):
+    """ppl(2 bits)/ppl(16) against pretraining tokens: one colour per base, one line style per method."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    pts = [r for r in curve if r["tokens"]]
-    if not pts:
+    bases = list(dict.fromkeys(r["base"] for r in curve if r["tokens"]))
+    if not bases:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for method, label in (("nearest", "2-bit nearest (grid a)"), ("ldlqRG", "2-bit ldlqRG + incoherence")):
-        xs = [r["tokens"] / 1e6 for r in pts if r[f"ratio_w2_{method}"]]
-        ax.plot(xs, [r[f"ratio_w2_{method}"] for r in pts if r[f"ratio_w2_{method}"]], "o-", label=label)
-    ax.axhline(1.5, color="grey", ls=":", lw=1)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, base in enumerate(bases):
+        pts, seen = [], set()
+        for r in sorted((r for r in curve if r["base"] == base and r["tokens"]), key=lambda r: r["tokens"]):
+            if r["tokens"] not in seen:  # the last snapshot and the final model are one model
+                pts.append(r)
+                seen.add(r["tokens"])
+        for method, style, label in (("nearest", "o-", "2-bit nearest (grid a)"),
+                                     ("ldlqRG", "s--", "2-bit ldlqRG + incoherence")):
+            xy = [(r["tokens"] / 1e6, r[f"ratio_w2_{method}"]) for r in pts if r[f"ratio_w2_{method}"]]
+            if xy:
+                ax.plot(*zip(*xy), style, color=f"C{i}", ms=4, label=f"{base}: {label}")
+    ax.axhline(TARGET, color="grey", ls=":", lw=1)
+    ax.axhline(1.0, color="grey", lw=0.5)
     ax.set_xlabel("pretraining tokens (M)")
     ax.set_ylabel("ppl(2 bits) / ppl(16 bits), WikiText-2")
-    ax.legend()
+    ax.legend(fontsize=6)
+    fig.tight_layout()
     report.save_figure(fig, path)
     return path
 
 
+def target_line(curve, base):
+    """Whether the base (its final model) meets the sensitivity bar, in one sentence."""
+    final = [r for r in curve if r["base"] == base and r["step"] == "final" and r["ratio_w2_nearest"]]
+    if not final:
+        return []
+    ratio = final[0]["ratio_w2_nearest"]
+    met = "met" if ratio >= TARGET else "NOT met"
+    return [f"Sensitivity of the base: 2-bit nearest rounding raises its WikiText-2 perplexity by "
+            f"{100 * (ratio - 1):+.1f}% ({report.fmt(final[0]['ppl'])} -> {report.fmt(final[0]['ppl_w2_nearest'])}); "
+            f"the bar for a base on which quantization bites is +{100 * (TARGET - 1):.0f}%: {met}.", ""]
+
+
 def curve_lines(curve, base_cfg):
+    label = base_label(base_cfg)
     out = ["## Quantization sensitivity against pretraining", ""]
     if base_cfg:
         out += [f"Base: preset {base_cfg.get('preset')}, BPE {base_cfg.get('vocab_size')}, block "
                 f"{base_cfg.get('block_size')}, batch {base_cfg.get('bs')}, peak lr {base_cfg.get('lr')}, "
-                f"text form {base_cfg.get('text_form')}.", ""]
-    rows = [[r["step"], report.fmt(r["tokens"] / 1e6 if r["tokens"] else None, 2), report.fmt(r["ppl"]),
+                f"{base_cfg.get('max_steps')} steps, text form {base_cfg.get('text_form')}.", ""]
+    out += target_line(curve, label)
+    several = len({r["base"] for r in curve}) > 1
+    rows = [([r["base"]] if several else []) +
+            [r["step"], report.fmt(r["tokens"] / 1e6 if r["tokens"] else None, 2), report.fmt(r["ppl"]),
              report.fmt(r["ppl_w2_nearest"]), report.fmt(r["ratio_w2_nearest"], 3),
              report.fmt(r["ppl_w2_ldlqRG"]), report.fmt(r["ratio_w2_ldlqRG"], 3)] for r in curve]
-    return out + report.md_table(["step", "tokens (M)", "ppl 16-bit", "ppl 2-bit nearest", "ratio",
+    if several:
+        out += [f"The fine-tuned grid below uses the base `{label}`; the other rows are candidate bases "
+                "(`--candidates`), pretrained and measured the same way, shown to document the choice.", ""]
+    return out + report.md_table((["base"] if several else []) +
+                                 ["step", "tokens (M)", "ppl 16-bit", "ppl 2-bit nearest", "ratio",
                                   "ppl 2-bit ldlqRG+incoh", "ratio"], rows) + [""]
 
 
@@ -305,10 +353,12 @@ def table_lines(runs, qrows, curve, base, verdicts, paper, figure):
 def main(args):
     runs = args.runs
     out_dir = args.out_dir or report.RESULTS
-    base = (read_json(os.path.join(runs, "base", "config.json")), read_json(os.path.join(runs, "base",
-                                                                                          "results.json")))
-    tokens_per_step = base[0]["bs"] * base[0]["block_size"] if base[0] else None
-    qrows, curve = quant_rows(runs), curve_rows(runs, tokens_per_step)
+    base = read_base(runs)
+    curve = []
+    for folder, (cfg, res) in [(runs, base)] + [(c, read_base(c)) for c in args.candidates]:
+        tokens_per_step = cfg["bs"] * cfg["block_size"] if cfg else None
+        curve += curve_rows(folder, tokens_per_step, base_label(cfg), res.get("tokens") if res else None)
+    qrows = quant_rows(runs)
     verdicts = comparisons(qrows)
     paper = report.paper_numbers("table3")
     figure = curve_figure(curve, os.path.join(out_dir, "table3_cpu_sensitivity.png"))

@@ -14,6 +14,7 @@
 # continue. Environment overrides (defaults in brackets):
 #   OUT [runs/table3_cpu]  DATA_DIR [utils.cli.default_data_dir()]  BASE [$OUT/base]  BASE_MODEL [$BASE/model]
 #   SEEDS ["0 1 2"]  BITS (besides 16 and 2) ["3 4"]  THREADS [1]  PRETRAIN_FLAGS, FT_FLAGS, QUANT_FLAGS (see below)
+#   JOBS [1]: grid seeds run at once (each THREADS threads; with JOBS > 1 each seed logs to $OUT/grid-sSEED.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} OMP_NUM_THREADS=${THREADS:-1}
@@ -25,6 +26,7 @@ BASE_MODEL=${BASE_MODEL:-$BASE/model}
 SEEDS=${SEEDS:-"0 1 2"}
 BITS=${BITS:-"3 4"}
 THREADS=${THREADS:-1}
+JOBS=${JOBS:-1}
 PRETRAIN_FLAGS=${PRETRAIN_FLAGS:-"--preset tiny-opt-4x128 --vocab-size 2048 --bs 8 --lr 2e-3 --warmup-steps 100
   --max-steps 1400 --snapshot-steps 400"}
 FT_FLAGS=${FT_FLAGS:-"--max-steps 60 --bs 8 --block-size 256 --lr 2e-4 --warmup-steps 6 --max-eval-blocks 32"}
@@ -79,9 +81,6 @@ finetune() {  # dir loss k seed: fine-tune the base on (the start of) its own tr
   [ -e "$dir/DONE" ] && return
   echo "== fine-tune $dir"
   rm -rf "$dir"  # a fine-tune without DONE was interrupted: start it afresh
-  # ft_opt.py tokenizes its whole files: give it what FT_FLAGS' steps can use, not all 11M characters
-  head_text "$BASE/data/train.jsonl" "$OUT/ft_data/train.jsonl" "$FT_TRAIN_CHARS"
-  head_text "$BASE/data/validation.jsonl" "$OUT/ft_data/validation.jsonl" "$FT_VALID_CHARS"
   # shellcheck disable=SC2086
   python ft_opt.py --model "$BASE_MODEL" --dataset wikitext2 --data-dir "$DATA_DIR" --output-dir "$dir" \
     --train-file "$OUT/ft_data/train.jsonl" --validation-file "$OUT/ft_data/validation.jsonl" \
@@ -89,26 +88,44 @@ finetune() {  # dir loss k seed: fine-tune the base on (the start of) its own tr
   touch "$dir/DONE"
 }
 
-grid() {  # seed by seed, so that an interrupted grid holds complete pairs; the cheap, decisive cells first
-  local seed spec name loss k dir bits
-  for seed in $SEEDS; do
-    for spec in "CE:ce:5" "RLO-5:root:5" "RLO-10:root:10"; do
-      IFS=: read -r name loss k <<< "$spec"
-      dir="$OUT/ft/$name-s$seed"
-      finetune "$dir" "$loss" "$k" "$seed"
-      quant_cell "$OUT/quant/$name-s$seed-w16" "$dir" 16 none
-      quant_cell "$OUT/quant/$name-s$seed-w2" "$dir" 2 ldlqRG
-      quant_cell "$OUT/quant/$name-s$seed-w2-nearest" "$dir" 2 nearest
-      [ -e "$OUT/hstats/$name-s$seed/results.json" ] || \
-        python -m scripts.hessian_stats "$dir" --out "$OUT/hstats/$name-s$seed" --overwrite \
-          --data-dir "$DATA_DIR" --nsamples 128 --threads "$THREADS" --cache-dir "$OUT/token_cache"
-    done
-    for spec in CE RLO-5 RLO-10; do
-      for bits in $BITS; do
-        quant_cell "$OUT/quant/$spec-s$seed-w$bits" "$OUT/ft/$spec-s$seed" "$bits" ldlqRG
-      done
+grid_seed() {  # seed: its three fine-tunes and their cells, the cheap, decisive cells first
+  local seed=$1 spec name loss k dir bits
+  for spec in "CE:ce:5" "RLO-5:root:5" "RLO-10:root:10"; do
+    IFS=: read -r name loss k <<< "$spec"
+    dir="$OUT/ft/$name-s$seed"
+    finetune "$dir" "$loss" "$k" "$seed"
+    quant_cell "$OUT/quant/$name-s$seed-w16" "$dir" 16 none
+    quant_cell "$OUT/quant/$name-s$seed-w2" "$dir" 2 ldlqRG
+    quant_cell "$OUT/quant/$name-s$seed-w2-nearest" "$dir" 2 nearest
+    [ -e "$OUT/hstats/$name-s$seed/results.json" ] || \
+      python -m scripts.hessian_stats "$dir" --out "$OUT/hstats/$name-s$seed" --overwrite \
+        --data-dir "$DATA_DIR" --nsamples 128 --threads "$THREADS" --cache-dir "$OUT/token_cache"
+  done
+  for spec in CE RLO-5 RLO-10; do
+    for bits in $BITS; do
+      quant_cell "$OUT/quant/$spec-s$seed-w$bits" "$OUT/ft/$spec-s$seed" "$bits" ldlqRG
     done
   done
+}
+
+grid() {  # seed by seed (JOBS seeds at once), so that an interrupted grid holds complete pairs
+  local seed failed=0
+  # ft_opt.py tokenizes its whole files: give it what FT_FLAGS' steps can use, not all 11M characters
+  head_text "$BASE/data/train.jsonl" "$OUT/ft_data/train.jsonl" "$FT_TRAIN_CHARS"
+  head_text "$BASE/data/validation.jsonl" "$OUT/ft_data/validation.jsonl" "$FT_VALID_CHARS"
+  if [ "$JOBS" -le 1 ]; then
+    for seed in $SEEDS; do grid_seed "$seed"; done
+    return
+  fi
+  local pids=() pid
+  for seed in $SEEDS; do
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done  # statuses are read below
+    echo "== grid seed $seed -> $OUT/grid-s$seed.log"
+    grid_seed "$seed" > "$OUT/grid-s$seed.log" 2>&1 &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+  if [ "$failed" != 0 ]; then echo "error: a grid seed failed (see $OUT/grid-s*.log)" >&2; exit 1; fi
 }
 
 report() {

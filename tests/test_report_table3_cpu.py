@@ -66,3 +66,30 @@ def test_missing_runs_give_empty_reports(tmp_path):
     out = builder.main(builder.parse_args(["--runs", str(tmp_path / "none"), "--out-dir", str(tmp_path)]))
     assert out["rows"] == [] and out["verdicts"] == []
     assert (tmp_path / "table3_cpu.md").exists()
+
+
+def write_curve(root, step, ppl16, ratio):
+    write(root / "curve" / f"{step}-w16" / "results.json", {"ppl_wikitext2": ppl16})
+    write(root / "curve" / f"{step}-w2-nearest" / "results.json", {"ppl_wikitext2": ppl16 * ratio})
+
+
+@pytest.mark.parametrize("final_ratio, met", [(1.62, "met"), (1.2, "NOT met")])
+def test_candidate_curves_and_sensitivity_bar(tmp_path, final_ratio, met):
+    fake_runs(tmp_path / "runs", 0.0)
+    write_curve(tmp_path / "runs", "final", 80.0, final_ratio)
+    other = tmp_path / "other"
+    write(other / "base" / "config.json", {"preset": "deep", "vocab_size": 64, "block_size": 16, "bs": 4,
+                                           "lr": 1e-3, "max_steps": 30, "text_form": "raw"})
+    write(other / "base" / "results.json", {"step": 30, "tokens": 1920})
+    write_curve(other, "step-000015", 90.0, 1.1)
+    write_curve(other, "final", 70.0, 1.3)
+    out = builder.main(builder.parse_args(["--runs", str(tmp_path / "runs"), "--candidates", str(other),
+                                           "--out-dir", str(tmp_path)]))
+    curve = [r for r in out["rows"] if r["part"] == "curve"]
+    deep = [(r["step"], r["tokens"]) for r in curve if r["base"].startswith("deep")]
+    assert deep == [(15, 15 * 64), ("final", 1920)]  # tokens from the step (bs x block) and from results.json
+    main_final = [r for r in curve if r["step"] == "final" and not r["base"].startswith("deep")]
+    assert main_final[0]["tokens"] == 640 and main_final[0]["ratio_w2_nearest"] == pytest.approx(final_ratio)
+    md = (tmp_path / "table3_cpu.md").read_text()
+    assert f"by {100 * (final_ratio - 1):+.1f}%" in md and f": {met}." in md
+    assert "| deep, BPE 64, 30 steps | final |" in md  # the candidate's rows carry its label

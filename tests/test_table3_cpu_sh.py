@@ -1,0 +1,66 @@
+"""scripts/table3_cpu.sh's grid stage, with a stand-in `python` that records each run instead of running it."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs `-c` snippets and the report builder with the real interpreter; every other command line is logged and
+# leaves what the launcher checks for (results.json in --output-dir/--out; ft_opt's folder), failing on request.
+FAKE = """#!/usr/bin/env bash
+if [ "$1" = -c ]; then exec {real} "$@"; fi
+echo "$*" >> "$CALLS"
+out=""
+while [ $# -gt 0 ]; do
+  case $1 in --output-dir|--out) out=$2; shift ;; --seed) seed=$2 ;; esac
+  shift
+done
+if [ -n "$FAIL_SEED" ] && [ "$seed" = "$FAIL_SEED" ]; then exit 3; fi
+mkdir -p "$out" && echo '{{}}' > "$out/results.json"
+"""
+
+
+def run_grid(tmp_path, jobs, fail_seed=""):
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    (bindir / "python").write_text(FAKE.format(real=sys.executable))
+    (bindir / "python").chmod(0o755)
+    out = tmp_path / "runs"
+    (out / "base" / "data").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "validation"):
+        (out / "base" / "data" / f"{split}.jsonl").write_text(json.dumps({"text": "a b\n\nc d\n\ne f"}) + "\n")
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", OUT=str(out), DATA_DIR=str(tmp_path),
+               JOBS=str(jobs), SEEDS="0 1 2", CALLS=str(tmp_path / f"calls-{jobs}"), FAIL_SEED=fail_seed)
+    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "table3_cpu.sh"), "grid"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    return proc, out
+
+
+def cells(out):
+    return sorted(os.path.relpath(root, out) for root, _, files in os.walk(out) if "results.json" in files)
+
+
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_grid_runs_every_cell_once_and_resumes(tmp_path, jobs):
+    proc, out = run_grid(tmp_path, jobs)
+    assert proc.returncode == 0, proc.stderr
+    got = cells(out)
+    # 3 losses x 3 seeds: fine-tune folder, 16 / 2 / 2-nearest / 3 / 4-bit cells and Hessian statistics
+    assert len([c for c in got if c.startswith("quant")]) == 45 and len([c for c in got if c.startswith("hstats")]) == 9
+    assert all((out / "ft" / f"{n}-s{s}" / "DONE").exists() for n in ("CE", "RLO-5", "RLO-10") for s in range(3))
+    calls = (tmp_path / f"calls-{jobs}").read_text().splitlines()
+    assert len(calls) == 9 + 45 + 9
+    proc, _ = run_grid(tmp_path, jobs)  # everything is done: nothing runs again
+    assert proc.returncode == 0 and len((tmp_path / f"calls-{jobs}").read_text().splitlines()) == len(calls)
+
+
+def test_parallel_grid_reports_a_failed_seed_and_keeps_the_others(tmp_path):
+    proc, out = run_grid(tmp_path, 3, fail_seed="1")
+    assert proc.returncode == 1 and "a grid seed failed" in proc.stderr
+    done = cells(out)
+    assert "quant/CE-s0-w4" in done and "quant/RLO-10-s2-w3" in done
+    assert not any("-s1" in c for c in done)
+    assert (out / "grid-s1.log").exists()
