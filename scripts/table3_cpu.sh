@@ -27,10 +27,12 @@ SEEDS=${SEEDS:-"0 1 2"}
 BITS=${BITS:-"3 4"}
 THREADS=${THREADS:-1}
 JOBS=${JOBS:-1}
+# 12,000 steps x 8 x 256 = 24.6M tokens (about 7 WikiText-2 epochs, about 70 min on one idle core): long enough
+# that 2-bit quantization bites (results/table3_cpu.md has the sensitivity curve against tokens)
 PRETRAIN_FLAGS=${PRETRAIN_FLAGS:-"--preset tiny-opt-4x128 --vocab-size 2048 --bs 8 --lr 2e-3 --warmup-steps 100
-  --max-steps 1400 --snapshot-steps 400"}
-FT_FLAGS=${FT_FLAGS:-"--max-steps 60 --bs 8 --block-size 256 --lr 2e-4 --warmup-steps 6 --max-eval-blocks 32"}
-FT_TRAIN_CHARS=${FT_TRAIN_CHARS:-1500000}  # about 1,400 blocks of 256 tokens, > 60 steps x 8 blocks
+  --max-steps 12000 --snapshot-steps 2000"}
+FT_FLAGS=${FT_FLAGS:-"--max-steps 150 --bs 8 --block-size 256 --lr 2e-4 --warmup-steps 15 --max-eval-blocks 32"}
+FT_TRAIN_CHARS=${FT_TRAIN_CHARS:-1500000}  # about 1,900 blocks of 256 tokens (the default base's BPE), > 150 x 8
 FT_VALID_CHARS=${FT_VALID_CHARS:-200000}
 # 128 calibration windows (the reference); 48 evenly spaced evaluation windows per set (the CPU budget)
 QUANT_FLAGS=${QUANT_FLAGS:-"--nsamples 128 --max-eval-windows 48"}
