@@ -12,7 +12,10 @@ Every comparison is paired by fine-tuning seed (same seed: same data order) and 
 --candidates names other such folders (bases pretrained with other settings, curve stage run): their
 sensitivity curves are shown beside the base's, so the choice of base is documented by its evidence.
 
-    python -m scripts.table3_cpu --runs runs/table3_cpu [--candidates runs/other ...]
+    python -m scripts.table3_cpu --runs runs/table3_cpu [--candidates runs/other ...] [--notes FILE]
+
+--notes appends a markdown file (the commands that made the runs, scale limits) as the report's Notes section;
+scripts/notes/table3_cpu.md holds the committed report's.
 """
 import glob
 import json
@@ -36,6 +39,7 @@ def parse_args(argv=None):
     p.add_argument("--runs", default="runs/table3_cpu", help="the folder scripts/table3_cpu.sh wrote")
     p.add_argument("--candidates", nargs="*", default=[],
                    help="other table3_cpu.sh folders whose base and sensitivity curve are shown beside --runs'")
+    p.add_argument("--notes", default=None, help="a markdown file appended as the report's Notes section")
     p.add_argument("--out-dir", default=None, help="where the reports go (default: results/)")
     return p.parse_args(argv)
 
@@ -251,14 +255,15 @@ def hessian_report(hrows, qrows, out_dir):
     table = [[m] + [report.fmt_pm([v for (mm, _), v in means[key].items() if mm == m], 3) for key in stats]
              for m in MODELS]
     verdicts = []
-    for name in ("RLO-5", "RLO-10"):
-        seeds = sorted({s for (m, s) in means["log10_cond"] if m == name}
-                       & {s for (m, s) in means["log10_cond"] if m == "CE"})
-        if seeds:
-            cmp = report.paired([means["log10_cond"][name, s] for s in seeds],
-                                [means["log10_cond"]["CE", s] for s in seeds])
-            verdicts.append(report.verdict_record(f"{name} models have better-conditioned H (mean log10 cond)",
-                                                  cmp, "less"))
+    for key, label in (("log10_cond", "mean log10 cond"),
+                       ("trD_trH", "mean tr(D)/tr(H): lower, less LDLQ proxy loss per unit of tr(H)"),
+                       ("mu", "mean eigenvector incoherence mu: lower, more incoherent")):
+        for name in ("RLO-5", "RLO-10"):
+            seeds = sorted({s for (m, s) in means[key] if m == name} & {s for (m, s) in means[key] if m == "CE"})
+            if seeds:
+                cmp = report.paired([means[key][name, s] for s in seeds], [means[key]["CE", s] for s in seeds])
+                verdicts.append(report.verdict_record(f"{name} models have better-conditioned H ({label})",
+                                                      cmp, "less", statistic=key))
     ratio = {(r["model"], r["seed"]): r["ratio"] for r in qrows
              if r["bits"] == 2 and r["method"] == "ldlqRG+incoh" and r["dataset"] == "wikitext2"}
     pred = []
@@ -272,7 +277,7 @@ def hessian_report(hrows, qrows, out_dir):
              "tr(D)/tr(H): LDL factor after 1% damping; mu: sqrt(n) max|Q_ij| of H's eigenvectors. Mean over "
              "linears per model, then mean ± std over fine-tuning seeds.", ""]
     lines += report.md_table(["model", "mean log10 cond(H)", "mean tr(D)/tr(H)", "mean mu"], table) + [""]
-    lines += report.verdict_lines(verdicts) + ["", report.RULE_TEXT, "",
+    lines += report.verdict_lines(verdicts, 4) + ["", report.RULE_TEXT, "",
                                                "Does the statistic predict the loss under quantization? Spearman "
                                                "rank correlation over models (every loss and seed) between the "
                                                "per-model mean statistic and ppl(2-bit ldlqRG)/ppl(16) on "
@@ -363,6 +368,9 @@ def main(args):
     paper = report.paper_numbers("table3")
     figure = curve_figure(curve, os.path.join(out_dir, "table3_cpu_sensitivity.png"))
     lines = table_lines(runs, qrows, curve, base, verdicts, paper, figure)
+    if args.notes:
+        with open(args.notes, encoding="utf-8") as f:
+            lines += ["", "## Notes", "", f.read().strip(), ""]
     rows = [dict(r, part="grid") for r in qrows] + curve
     path = report.write_report("table3_cpu", lines, rows, paper, verdicts, out_dir=out_dir)
     hessian_report(hessian_rows(runs), qrows, out_dir)

@@ -14,6 +14,7 @@
 # continue. Environment overrides (defaults in brackets):
 #   OUT [runs/table3_cpu]  DATA_DIR [utils.cli.default_data_dir()]  BASE [$OUT/base]  BASE_MODEL [$BASE/model]
 #   SEEDS ["0 1 2"]  BITS (besides 16 and 2) ["3 4"]  THREADS [1]  PRETRAIN_FLAGS, FT_FLAGS, QUANT_FLAGS (see below)
+#   REPORT_FLAGS: passed to the report builder (e.g. "--candidates runs/other --notes scripts/notes/table3_cpu.md")
 #   JOBS [1]: grid seeds run at once (each THREADS threads; with JOBS > 1 each seed logs to $OUT/grid-sSEED.log)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -131,7 +132,8 @@ grid() {  # seed by seed (JOBS seeds at once), so that an interrupted grid holds
 }
 
 report() {
-  python -m scripts.table3_cpu --runs "$OUT"
+  # shellcheck disable=SC2086
+  python -m scripts.table3_cpu --runs "$OUT" ${REPORT_FLAGS:-}
 }
 
 for stage in $STAGES; do

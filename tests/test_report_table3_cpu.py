@@ -59,6 +59,9 @@ def test_builds_table_and_hessian_reports(tmp_path, offset, want16):
     # RLO's cond is 10x CE's at every seed: "better conditioned" (lower) is not supported
     assert hessian["verdicts"][0]["verdict"] == "not supported"
     assert hessian["verdicts"][0]["diff"] == pytest.approx(1.0)
+    # tr(D)/tr(H) and mu are the same for every model here: no difference, so neither direction is shown
+    others = [v for v in hessian["verdicts"] if v["statistic"] != "log10_cond"]
+    assert len(others) == 4 and all(v["verdict"] == "inconclusive" and v["diff"] == 0 for v in others)
     assert (tmp_path / "hessian_stats.png").exists()
 
 
@@ -83,8 +86,10 @@ def test_candidate_curves_and_sensitivity_bar(tmp_path, final_ratio, met):
     write(other / "base" / "results.json", {"step": 30, "tokens": 1920})
     write_curve(other, "step-000015", 90.0, 1.1)
     write_curve(other, "final", 70.0, 1.3)
+    notes = tmp_path / "notes.md"
+    notes.write_text("Made by `bash scripts/table3_cpu.sh`.\n")
     out = builder.main(builder.parse_args(["--runs", str(tmp_path / "runs"), "--candidates", str(other),
-                                           "--out-dir", str(tmp_path)]))
+                                           "--notes", str(notes), "--out-dir", str(tmp_path)]))
     curve = [r for r in out["rows"] if r["part"] == "curve"]
     deep = [(r["step"], r["tokens"]) for r in curve if r["base"].startswith("deep")]
     assert deep == [(15, 15 * 64), ("final", 1920)]  # tokens from the step (bs x block) and from results.json
@@ -93,3 +98,4 @@ def test_candidate_curves_and_sensitivity_bar(tmp_path, final_ratio, met):
     md = (tmp_path / "table3_cpu.md").read_text()
     assert f"by {100 * (final_ratio - 1):+.1f}%" in md and f": {met}." in md
     assert "| deep, BPE 64, 30 steps | final |" in md  # the candidate's rows carry its label
+    assert md.rstrip().endswith("## Notes\n\nMade by `bash scripts/table3_cpu.sh`.")

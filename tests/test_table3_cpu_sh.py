@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 if [ -n "$FAIL_SEED" ] && [ "$seed" = "$FAIL_SEED" ]; then exit 3; fi
-mkdir -p "$out" && echo '{{}}' > "$out/results.json"
+if [ -n "$out" ]; then mkdir -p "$out" && echo '{{}}' > "$out/results.json"; fi
 """
 
 
@@ -64,3 +64,17 @@ def test_parallel_grid_reports_a_failed_seed_and_keeps_the_others(tmp_path):
     assert "quant/CE-s0-w4" in done and "quant/RLO-10-s2-w3" in done
     assert not any("-s1" in c for c in done)
     assert (out / "grid-s1.log").exists()
+
+
+def test_report_stage_passes_report_flags(tmp_path):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "python").write_text(FAKE.format(real=sys.executable))
+    (bindir / "python").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", OUT=str(tmp_path / "runs"),
+               DATA_DIR=str(tmp_path), CALLS=str(tmp_path / "calls"), REPORT_FLAGS="--candidates x --notes n.md")
+    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "table3_cpu.sh"), "report"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "calls").read_text().split() == [
+        "-m", "scripts.table3_cpu", "--runs", str(tmp_path / "runs"), "--candidates", "x", "--notes", "n.md"]
