@@ -100,8 +100,12 @@ def curve_rows(runs, tokens_per_step, label="base", final_tokens=None):
         if "fp" not in ppl:
             continue
         n = None if step == "final" else int(step.split("-")[1])
+        if n is None:
+            tokens = final_tokens
+        else:
+            tokens = None if tokens_per_step is None else n * tokens_per_step
         row = {"part": "curve", "base": label, "step": n if n is not None else "final", "dataset": "wikitext2",
-               "ppl": ppl["fp"], "tokens": final_tokens if n is None else (None if tokens_per_step is None else n * tokens_per_step)}
+               "ppl": ppl["fp"], "tokens": tokens}
         for method in ("nearest", "ldlqRG"):
             row[f"ppl_w2_{method}"] = ppl.get(method)
             row[f"ratio_w2_{method}"] = ppl[method] / ppl["fp"] if method in ppl else None
@@ -202,9 +206,10 @@ def target_line(curve, base):
         return []
     ratio = final[0]["ratio_w2_nearest"]
     met = "met" if ratio >= TARGET else "NOT met"
+    before, after = report.fmt(final[0]["ppl"]), report.fmt(final[0]["ppl_w2_nearest"])
     return [f"Sensitivity of the base: 2-bit nearest rounding raises its WikiText-2 perplexity by "
-            f"{100 * (ratio - 1):+.1f}% ({report.fmt(final[0]['ppl'])} -> {report.fmt(final[0]['ppl_w2_nearest'])}); "
-            f"the bar for a base on which quantization bites is +{100 * (TARGET - 1):.0f}%: {met}.", ""]
+            f"{100 * (ratio - 1):+.1f}% ({before} -> {after}); the bar for a base on which quantization bites is "
+            f"+{100 * (TARGET - 1):.0f}%: {met}.", ""]
 
 
 def curve_lines(curve, base_cfg):

@@ -28,6 +28,7 @@ SEEDS=${SEEDS:-"0 1 2"}
 BITS=${BITS:-"3 4"}
 THREADS=${THREADS:-1}
 JOBS=${JOBS:-1}
+[[ $JOBS =~ ^[1-9][0-9]*$ ]] || { echo "error: JOBS must be a positive integer, not '$JOBS'" >&2; exit 2; }
 # 12,000 steps x 8 x 256 = 24.6M tokens (about 7 WikiText-2 epochs, about 70 min on one idle core): long enough
 # that 2-bit quantization bites (results/table3_cpu.md has the sensitivity curve against tokens)
 PRETRAIN_FLAGS=${PRETRAIN_FLAGS:-"--preset tiny-opt-4x128 --vocab-size 2048 --bs 8 --lr 2e-3 --warmup-steps 100

@@ -78,3 +78,12 @@ def test_report_stage_passes_report_flags(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "calls").read_text().split() == [
         "-m", "scripts.table3_cpu", "--runs", str(tmp_path / "runs"), "--candidates", "x", "--notes", "n.md"]
+
+
+@pytest.mark.parametrize("jobs", ["0", "two"])
+def test_bad_jobs_exits_2_with_one_line(tmp_path, jobs):
+    env = dict(os.environ, OUT=str(tmp_path / "runs"), DATA_DIR=str(tmp_path), JOBS=jobs)
+    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "table3_cpu.sh"), "grid"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: JOBS must be a positive integer, not '{jobs}'"
+    assert not (tmp_path / "runs").exists()
