@@ -199,6 +199,7 @@ def plot(rows, path):
 
 
 def build(args):
+    notes = report.notes_section(args.notes)  # an unreadable --notes stops the build before anything is written
     rows = collect(args.runs)
     out_dir = args.out_dir or report.RESULTS
     paper = report.paper_numbers("fig3bc")
@@ -223,9 +224,7 @@ def build(args):
              "## Verdicts", "", *report.verdict_lines(verdicts), "", report.RULE_TEXT, "",
              "## Per-layer density of the mined masks", "", *layer_table(rows), "",
              f"![accuracy vs sparsity and vs time]({os.path.basename(png)})", ""]
-    if args.notes:
-        with open(args.notes, encoding="utf-8") as f:
-            lines += ["## Notes", "", f.read().strip(), ""]
+    lines += notes
     flat = [{k: v for k, v in r.items() if k not in ("curve", "layers")} for r in rows]
     return report.write_report(args.name, lines, flat, paper, verdicts, out_dir=out_dir)
 

@@ -43,7 +43,7 @@ def read_rows(paths):
     return rows
 
 
-def report_lines(rows, notes_text, paths):
+def report_lines(rows, notes, paths):
     ok = all(r["ok"] for r in rows)
     lines = ["# StyleGAN2-ADA patch in upstream's real training loop (smoke check, CPU, current torch)", "",
              f"Every check {'passed' if ok else 'did NOT pass'}: each logged loss element against its formula, "
@@ -52,21 +52,13 @@ def report_lines(rows, notes_text, paths):
              *(f"- `{c}`" for c in dict.fromkeys(r["command"] for r in rows)), "",
              smoke.table(rows), "",
              f"Report: `python -m scripts.stylegan_smoke {' '.join(map(shlex.quote, paths))}`", ""]
-    if notes_text:
-        lines += ["## Notes", "", notes_text.strip(), ""]
-    return lines
+    return lines + notes
 
 
 def main(args):
     rows = read_rows(args.smoke_json)
-    notes_text = ""
-    if args.notes:
-        try:
-            with open(args.notes, encoding="utf-8") as f:
-                notes_text = f.read()
-        except OSError as err:
-            raise UsageError(f"cannot read --notes {args.notes}: {err}") from None
-    path = report.write_report(args.name, report_lines(rows, notes_text, args.smoke_json), rows, out_dir=args.out_dir)
+    notes = report.notes_section(args.notes)
+    path = report.write_report(args.name, report_lines(rows, notes, args.smoke_json), rows, out_dir=args.out_dir)
     print(f"wrote {path}")
     return path
 

@@ -372,10 +372,8 @@ def main(args):
     verdicts = comparisons(qrows)
     paper = report.paper_numbers("table3")
     figure = curve_figure(curve, os.path.join(out_dir, "table3_cpu_sensitivity.png"))
-    lines = table_lines(runs, qrows, curve, base, verdicts, paper, figure)
-    if args.notes:
-        with open(args.notes, encoding="utf-8") as f:
-            lines += ["", "## Notes", "", f.read().strip(), ""]
+    notes = report.notes_section(args.notes)
+    lines = table_lines(runs, qrows, curve, base, verdicts, paper, figure) + ([""] + notes if notes else [])
     rows = [dict(r, part="grid") for r in qrows] + curve
     path = report.write_report("table3_cpu", lines, rows, paper, verdicts, out_dir=out_dir)
     hessian_report(hessian_rows(runs), qrows, out_dir)

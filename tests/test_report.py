@@ -108,3 +108,15 @@ def test_combined_record_names_its_settings():
     b = report.verdict_record("x, fc3", report.paired_diffs([1.0, -1.0, 0.2]))
     rec = report.combined_record("x", [a, b])
     assert rec["verdict"] == "inconclusive" and rec["settings"] == ["x, fc2", "x, fc3"] and rec["n"] == 3
+
+
+def test_notes_section_reads_the_file_and_refuses_a_missing_one(tmp_path):
+    from utils.cli import UsageError
+    notes = tmp_path / "notes.md"
+    notes.write_text("\nMade by a command.\n\n")
+    assert report.notes_section(str(notes)) == ["## Notes", "", "Made by a command.", ""]
+    assert report.notes_section(None) == [] and report.notes_section("") == []
+    (tmp_path / "empty.md").write_text("  \n")
+    assert report.notes_section(str(tmp_path / "empty.md")) == []
+    with pytest.raises(UsageError, match="cannot read --notes"):
+        report.notes_section(str(tmp_path / "missing.md"))

@@ -8,8 +8,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Runs `-c` snippets and the report builder with the real interpreter; every other command line is logged and
-# leaves what the launcher checks for (results.json in --output-dir/--out; ft_opt's folder), failing on request.
+# Runs `-c` snippets (head_text) with the real interpreter; every other command line is logged and leaves what the
+# launcher checks for (results.json in --output-dir/--out), failing for --seed FAIL_SEED on request.
 FAKE = """#!/usr/bin/env bash
 if [ "$1" = -c ]; then exec {real} "$@"; fi
 echo "$*" >> "$CALLS"
@@ -23,19 +23,25 @@ if [ -n "$out" ]; then mkdir -p "$out" && echo '{{}}' > "$out/results.json"; fi
 """
 
 
-def run_grid(tmp_path, jobs, fail_seed=""):
+def launch(tmp_path, stage, **env):
+    """bash scripts/table3_cpu.sh STAGE with OUT=tmp_path/runs, the stand-in python first on PATH, and env."""
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
     (bindir / "python").write_text(FAKE.format(real=sys.executable))
     (bindir / "python").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", OUT=str(tmp_path / "runs"), DATA_DIR=str(tmp_path),
+               **env)
+    return subprocess.run(["bash", os.path.join(REPO, "scripts", "table3_cpu.sh"), stage], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def run_grid(tmp_path, jobs, fail_seed=""):
     out = tmp_path / "runs"
     (out / "base" / "data").mkdir(parents=True, exist_ok=True)
     for split in ("train", "validation"):
         (out / "base" / "data" / f"{split}.jsonl").write_text(json.dumps({"text": "a b\n\nc d\n\ne f"}) + "\n")
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", OUT=str(out), DATA_DIR=str(tmp_path),
-               JOBS=str(jobs), SEEDS="0 1 2", CALLS=str(tmp_path / f"calls-{jobs}"), FAIL_SEED=fail_seed)
-    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "table3_cpu.sh"), "grid"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = launch(tmp_path, "grid", JOBS=str(jobs), SEEDS="0 1 2", CALLS=str(tmp_path / f"calls-{jobs}"),
+                  FAIL_SEED=fail_seed)
     return proc, out
 
 
@@ -67,14 +73,7 @@ def test_parallel_grid_reports_a_failed_seed_and_keeps_the_others(tmp_path):
 
 
 def test_report_stage_passes_report_flags(tmp_path):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "python").write_text(FAKE.format(real=sys.executable))
-    (bindir / "python").chmod(0o755)
-    env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}", OUT=str(tmp_path / "runs"),
-               DATA_DIR=str(tmp_path), CALLS=str(tmp_path / "calls"), REPORT_FLAGS="--candidates x --notes n.md")
-    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "table3_cpu.sh"), "report"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = launch(tmp_path, "report", CALLS=str(tmp_path / "calls"), REPORT_FLAGS="--candidates x --notes n.md")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "calls").read_text().split() == [
         "-m", "scripts.table3_cpu", "--runs", str(tmp_path / "runs"), "--candidates", "x", "--notes", "n.md"]
@@ -82,8 +81,6 @@ def test_report_stage_passes_report_flags(tmp_path):
 
 @pytest.mark.parametrize("jobs", ["0", "two"])
 def test_bad_jobs_exits_2_with_one_line(tmp_path, jobs):
-    env = dict(os.environ, OUT=str(tmp_path / "runs"), DATA_DIR=str(tmp_path), JOBS=jobs)
-    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "table3_cpu.sh"), "grid"], env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = launch(tmp_path, "grid", JOBS=jobs, CALLS=str(tmp_path / "calls"))
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: JOBS must be a positive integer, not '{jobs}'"
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "calls").exists()

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from utils.cli import UsageError
 from utils.runio import atomic_write_json, atomic_write_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,6 +172,21 @@ def fmt_paired(cmp, digits=2):
     if cmp.n < 2 or math.isnan(cmp.ci_low):
         return f"{fmt(cmp.diff, digits)} (n={cmp.n}, no interval)"
     return f"{cmp.diff:+.{digits}f} [{cmp.ci_low:+.{digits}f}, {cmp.ci_high:+.{digits}f}] (n={cmp.n})"
+
+
+def notes_section(path):
+    """A report's "## Notes" lines from a builder's --notes markdown file; [] without a file or text.
+
+    An unreadable file is a one-line UsageError (exit 2), before anything is written.
+    """
+    if not path:
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except OSError as err:
+        raise UsageError(f"cannot read --notes {path}: {err}") from None
+    return ["## Notes", "", text, ""] if text else []
 
 
 def md_table(headers, rows):
