@@ -361,6 +361,7 @@ def table_lines(runs, qrows, curve, base, verdicts, paper, figure):
 
 
 def main(args):
+    notes = report.notes_section(args.notes)  # an unreadable --notes stops the build before anything is written
     runs = args.runs
     out_dir = args.out_dir or report.RESULTS
     base = read_base(runs)
@@ -372,7 +373,6 @@ def main(args):
     verdicts = comparisons(qrows)
     paper = report.paper_numbers("table3")
     figure = curve_figure(curve, os.path.join(out_dir, "table3_cpu_sensitivity.png"))
-    notes = report.notes_section(args.notes)
     lines = table_lines(runs, qrows, curve, base, verdicts, paper, figure) + ([""] + notes if notes else [])
     rows = [dict(r, part="grid") for r in qrows] + curve
     path = report.write_report("table3_cpu", lines, rows, paper, verdicts, out_dir=out_dir)
